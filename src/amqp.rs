@@ -1,0 +1,234 @@
+//! RabbitMQ: the fixed topology of DESIGN.md, connecting, and publishing with
+//! publisher confirms.
+//!
+//! Declarations are idempotent, so every worker declares on start. When a
+//! queue or exchange already exists with other arguments (declared by an
+//! operator, or by a later version with quorum queues), we use it as it is
+//! instead of failing: the names are the contract, the arguments are not.
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Where publishers send jobs; routing key = agent id.
+pub const JOBS_EXCHANGE: &str = "switchboard.jobs";
+/// Where workers consume jobs.
+pub const SEND_QUEUE: &str = "switchboard.send";
+/// Jobs that cannot be processed, with the reason in [`REASON_HEADER`].
+pub const DEAD_QUEUE: &str = "switchboard.dead";
+pub const REASON_HEADER: &str = "x-switchboard-reason";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+    #[error("the message could not be routed to any queue (is {0} bound?)")]
+    Unroutable(String),
+    #[error("RabbitMQ did not answer within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// How long any wait on a broker reply (confirm, ack) may last. lapin drops
+/// a command without resolving its promise when the connection dies at the
+/// wrong moment, so an unbounded wait can hang a task forever; the timeout
+/// turns that into an ordinary error (the message is then redelivered or
+/// republished, and the job id keeps that harmless).
+pub const BROKER_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Bounds a wait on the broker by [`BROKER_REPLY_TIMEOUT`].
+pub async fn bounded<T, E>(reply: impl Future<Output = Result<T, E>>) -> Result<T, PublishError>
+where
+    PublishError: From<E>,
+{
+    match tokio::time::timeout(BROKER_REPLY_TIMEOUT, reply).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(PublishError::TimedOut(BROKER_REPLY_TIMEOUT)),
+    }
+}
+
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    Connection::connect(
+        url,
+        ConnectionProperties::default().with_connection_name(name.into()),
+    )
+    .await
+}
+
+/// Declares the exchange, both queues and the binding. Safe to call from
+/// every process at every start.
+pub async fn declare_topology(conn: &Connection) -> lapin::Result<()> {
+    declare_exchange(conn).await?;
+    declare_queue(conn, SEND_QUEUE).await?;
+    declare_queue(conn, DEAD_QUEUE).await?;
+    let ch = conn.create_channel().await?;
+    // A topic exchange with `#` sends every agent's jobs to the one queue
+    // today, and lets agent-sharded queues be bound beside it later.
+    ch.queue_bind(
+        SEND_QUEUE.into(),
+        JOBS_EXCHANGE.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let _ = ch.close(200, "topology declared".into()).await;
+    Ok(())
+}
+
+/// Declares something durable with `declare(channel, passive)`; when it
+/// already exists with other arguments, accepts it as it is after checking
+/// (passively, on a fresh channel: a failed declare closes its channel) that
+/// it exists at all.
+async fn declare_or_accept<F, Fut>(conn: &Connection, what: &str, declare: F) -> lapin::Result<()>
+where
+    F: Fn(Channel, bool) -> Fut,
+    Fut: std::future::Future<Output = lapin::Result<()>>,
+{
+    let ch = conn.create_channel().await?;
+    if declare(ch.clone(), false).await.is_err() {
+        let ch = conn.create_channel().await?;
+        declare(ch.clone(), true).await?;
+        tracing::warn!(what, "exists with other arguments; using it as it is");
+        let _ = ch.close(200, "declared".into()).await;
+        return Ok(());
+    }
+    let _ = ch.close(200, "declared".into()).await;
+    Ok(())
+}
+
+async fn declare_exchange(conn: &Connection) -> lapin::Result<()> {
+    declare_or_accept(conn, JOBS_EXCHANGE, |ch, passive| async move {
+        let options = ExchangeDeclareOptions {
+            durable: true,
+            passive,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            JOBS_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            options,
+            FieldTable::default(),
+        )
+        .await
+    })
+    .await
+}
+
+async fn declare_queue(conn: &Connection, name: &str) -> lapin::Result<()> {
+    declare_or_accept(conn, name, |ch, passive| async move {
+        let options = QueueDeclareOptions {
+            durable: true,
+            passive,
+            ..Default::default()
+        };
+        ch.queue_declare(name.into(), options, FieldTable::default())
+            .await
+            .map(|_| ())
+    })
+    .await
+}
+
+/// A channel in confirm mode: every publish waits for the broker to have
+/// taken responsibility for the message.
+pub async fn confirm_channel(conn: &Connection) -> lapin::Result<Channel> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(ch)
+}
+
+/// The properties DESIGN.md asks publishers to set on a job.
+pub fn job_properties(job_id: Uuid) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(job_id.to_string().into())
+        .with_timestamp(chrono::Utc::now().timestamp() as u64)
+}
+
+/// Publishes and waits for the broker's confirm. `mandatory` makes an
+/// unroutable message an error instead of silently dropped.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), PublishError> {
+    let publish = channel.basic_publish(
+        exchange.into(),
+        routing_key.into(),
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        body,
+        properties,
+    );
+    let confirm = bounded(async { publish.await?.await }).await?;
+    match confirm {
+        lapin::Confirmation::Ack(None) => Ok(()),
+        lapin::Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(format!(
+            "{exchange}/{routing_key}"
+        ))),
+        lapin::Confirmation::Nack(_) => Err(PublishError::Nacked),
+        lapin::Confirmation::NotRequested => Ok(()),
+    }
+}
+
+/// Waits for the confirms of messages published back to back (one round of
+/// waiting for many publishes); any nack is an error.
+pub async fn await_confirms(
+    confirms: impl IntoIterator<Item = lapin::PublisherConfirm>,
+) -> Result<(), PublishError> {
+    bounded(async {
+        for confirm in confirms {
+            if !confirm.await?.is_ack() {
+                return Err(PublishError::Nacked);
+            }
+        }
+        Ok::<(), PublishError>(())
+    })
+    .await
+}
+
+/// Publishes a job to `switchboard.jobs` with routing key = agent id.
+pub async fn publish_job(
+    channel: &Channel,
+    job_id: Uuid,
+    agent_id: &str,
+    body: &[u8],
+) -> Result<(), PublishError> {
+    publish_confirmed(
+        channel,
+        JOBS_EXCHANGE,
+        agent_id,
+        body,
+        job_properties(job_id),
+    )
+    .await
+}
+
+/// Copies a delivery to `switchboard.dead` with its original body and
+/// properties plus the reason header.
+pub async fn dead_letter(
+    channel: &Channel,
+    body: &[u8],
+    original: &BasicProperties,
+    reason: &str,
+) -> Result<(), PublishError> {
+    let mut headers = original.headers().clone().unwrap_or_default();
+    // AMQP short strings are limited to 255 bytes; long reasons go as long strings.
+    headers.insert(
+        ShortString::from(REASON_HEADER),
+        AMQPValue::LongString(reason.into()),
+    );
+    let props = original.clone().with_headers(headers).with_delivery_mode(2);
+    publish_confirmed(channel, "", DEAD_QUEUE, body, props).await
+}

@@ -1,0 +1,584 @@
+//! `switchboard-bench`: how fast switchboard moves jobs on this machine, and
+//! against what ceiling.
+//!
+//! ```text
+//! cargo run --release --bin switchboard-bench -- --jobs 20000 --agents 100 --latency-ms 100 [--rate 1000]
+//! ```
+//!
+//! In one run it (1) starts a local mock provider (Twilio- and Resend-shaped)
+//! answering after `--latency-ms`; (2) measures the raw RabbitMQ ceiling:
+//! publish → consume → ack of the same number of messages of the same size,
+//! with no work; (3) publishes the jobs over `--agents` agents (half with
+//! their own integration, half on the platform account; SMS and email
+//! mixed), runs the real worker in a child process, and waits until every
+//! job is recorded in Postgres; (4) prints one JSON line. It makes its own
+//! database and vhost and removes them, so it can run beside a running
+//! switchboard.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use serde_json::json;
+use uuid::Uuid;
+
+#[derive(Parser, Debug)]
+#[command(about = "Measures switchboard's throughput and latency against the raw AMQP ceiling")]
+struct Args {
+    /// Jobs to send.
+    #[arg(long, default_value_t = 10_000)]
+    jobs: usize,
+    /// Agents the jobs are spread over.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Mock provider response time.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Publish this many jobs per second, steadily; default: as fast as possible.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// The worker's prefetch (jobs in flight).
+    #[arg(long, default_value_t = 256)]
+    prefetch: u16,
+    /// The worker's Postgres pool size.
+    #[arg(long, default_value_t = 32)]
+    db_pool: usize,
+    /// Postgres to create the benchmark database on.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pg_admin_url: String,
+    /// RabbitMQ host:port (guest/guest); a vhost is made with rabbitmqctl.
+    #[arg(long, default_value = "127.0.0.1:5672")]
+    amqp_host: String,
+    /// Leave agent rows to be created by their first job (measures first use).
+    #[arg(long)]
+    new_agents: bool,
+    /// Internal: run as the worker child process.
+    #[arg(long, hide = true)]
+    worker_child: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    if args.worker_child {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .with_writer(std::io::stderr)
+            .init();
+        return runtime.block_on(async {
+            let settings = switchboard::config::Settings::from_env()?;
+            switchboard::app::start(
+                settings,
+                switchboard::app::Parts {
+                    worker: true,
+                    http: false,
+                },
+                switchboard::app::shutdown_on_signals(),
+            )
+            .await
+        });
+    }
+    runtime.block_on(bench(args))
+}
+
+const PLATFORM_SID: &str = "AC99999999999999999999999999999999";
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    let env = BenchEnv::create(&args).await?;
+    let result = run(&args, &env).await;
+    env.remove().await;
+    let line = result?;
+    println!("{line}");
+    Ok(())
+}
+
+async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
+    let provider = mock_provider(Duration::from_millis(args.latency_ms)).await?;
+    let jobs = make_jobs(args);
+    let body_size = jobs[0].to_string().len();
+
+    let ceiling = amqp_ceiling(&env.amqp_url, args.jobs, body_size, args.prefetch).await?;
+    eprintln!(
+        "raw AMQP ceiling: {ceiling:.0} msgs/s ({} messages of {body_size} bytes)",
+        args.jobs
+    );
+
+    connect_integrations(args, env, &provider).await?;
+    let mut worker = spawn_worker(args, env, &provider)?;
+
+    let conn = switchboard::amqp::connect(&env.amqp_url, "bench-publisher").await?;
+    switchboard::amqp::declare_topology(&conn).await?;
+    let channel = switchboard::amqp::confirm_channel(&conn).await?;
+    let started = Instant::now();
+    let published_at = publish_jobs(&channel, &jobs, args.rate).await?;
+    eprintln!(
+        "published {} jobs in {:.2}s",
+        jobs.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let pool = switchboard::store::pool(&env.db_url, 2)?;
+    let client = pool.get().await?;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let done: i64 = client
+            .query_one(
+                "SELECT count(*) FROM outbound_messages WHERE status IN ('sent', 'failed')",
+                &[],
+            )
+            .await?
+            .get(0);
+        if done as usize >= jobs.len() {
+            break;
+        }
+        if let Ok(Some(status)) = worker.try_wait() {
+            bail!("the worker exited early: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {done} of {} jobs recorded after 30 minutes",
+                jobs.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peak_rss_mb = peak_rss_mb(worker.id()).unwrap_or(-1.0);
+    let worker_cpu_s = cpu_seconds(worker.id()).unwrap_or(-1.0);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let _ = worker.wait();
+
+    let rows = client
+        .query("SELECT id, status, updated_at FROM outbound_messages", &[])
+        .await?;
+    let failed = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(1) != "sent")
+        .count();
+    let mut latencies: Vec<f64> = Vec::with_capacity(rows.len());
+    let mut last_recorded = *published_at.values().next().context("no jobs")?;
+    for r in &rows {
+        let id: Uuid = r.get(0);
+        let recorded: DateTime<Utc> = r.get(2);
+        last_recorded = last_recorded.max(recorded);
+        if let Some(sent) = published_at.get(&id) {
+            latencies.push((recorded - *sent).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let first_published = published_at.values().min().copied().context("no jobs")?;
+    let elapsed = (last_recorded - first_published)
+        .num_microseconds()
+        .unwrap_or(1) as f64
+        / 1e6;
+    let msgs_per_s = jobs.len() as f64 / elapsed;
+    let served = provider.served.load(Ordering::Relaxed);
+    Ok(json!({
+        "jobs": jobs.len(),
+        "agents": args.agents,
+        "latency_ms": args.latency_ms,
+        "rate": args.rate,
+        "prefetch": args.prefetch,
+        "msgs_per_s": round(msgs_per_s),
+        "p50_ms": round(percentile(&latencies, 0.50)),
+        "p99_ms": round(percentile(&latencies, 0.99)),
+        "max_ms": round(latencies.last().copied().unwrap_or(0.0)),
+        "peak_rss_mb": round(peak_rss_mb),
+        // The worker's own CPU (user + system) per job: steadier than
+        // msgs_per_s, which moves with everything else on the machine.
+        "worker_cpu_us_per_job": (worker_cpu_s * 1e6 / jobs.len() as f64).round(),
+        "amqp_ceiling_msgs_per_s": round(ceiling),
+        "ratio": (msgs_per_s / ceiling * 1000.0).round() / 1000.0,
+        "failed": failed,
+        "provider_requests": served,
+    }))
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// The worker's peak resident set (VmHWM), read before it exits.
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The worker's CPU time so far (utime + stime from /proc, in clock ticks
+/// of 1/100 s, Linux's USER_HZ).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+struct BenchEnv {
+    db_name: String,
+    db_url: String,
+    pg_admin_url: String,
+    vhost: String,
+    amqp_url: String,
+}
+
+impl BenchEnv {
+    async fn create(args: &Args) -> anyhow::Result<Self> {
+        let tag = Uuid::new_v4().simple().to_string();
+        let db_name = format!("sb_bench_{tag}");
+        let (admin, conn) = tokio_postgres::connect(&args.pg_admin_url, tokio_postgres::NoTls)
+            .await
+            .context("connecting to Postgres")?;
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await?;
+        let mut admin_url = url::Url::parse(&args.pg_admin_url)?;
+        admin_url.set_path(&db_name);
+        let db_url = admin_url.to_string();
+        switchboard::store::migrate(&db_url).await?;
+        let vhost = format!("sb-bench-{tag}");
+        rabbitmqctl(&["add_vhost", &vhost])?;
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"])?;
+        let amqp_url = format!("amqp://guest:guest@{}/{vhost}", args.amqp_host);
+        Ok(Self {
+            db_name,
+            db_url,
+            pg_admin_url: args.pg_admin_url.clone(),
+            vhost,
+            amqp_url,
+        })
+    }
+
+    async fn remove(&self) {
+        let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
+        if let Ok((admin, conn)) =
+            tokio_postgres::connect(&self.pg_admin_url, tokio_postgres::NoTls).await
+        {
+            tokio::spawn(conn);
+            let _ = admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.db_name
+                ))
+                .await;
+        }
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .context("running rabbitmqctl")?;
+    if !out.status.success() {
+        bail!(
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+struct MockProvider {
+    url: String,
+    served: Arc<AtomicU64>,
+}
+
+/// Answers Twilio's CreateMessage and Resend's send after `latency`.
+async fn mock_provider(latency: Duration) -> anyhow::Result<MockProvider> {
+    use axum::routing::post;
+    let served = Arc::new(AtomicU64::new(0));
+    let (s1, s2) = (served.clone(), served.clone());
+    let app = axum::Router::new()
+        .route(
+            "/2010-04-01/Accounts/{sid}/Messages.json",
+            post(move || {
+                let served = s1.clone();
+                async move {
+                    if !latency.is_zero() {
+                        tokio::time::sleep(latency).await;
+                    }
+                    let n = served.fetch_add(1, Ordering::Relaxed);
+                    (
+                        axum::http::StatusCode::CREATED,
+                        axum::Json(json!({"sid": format!("SM{n:032}"), "status": "queued"})),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/emails",
+            post(move || {
+                let served = s2.clone();
+                async move {
+                    if !latency.is_zero() {
+                        tokio::time::sleep(latency).await;
+                    }
+                    served.fetch_add(1, Ordering::Relaxed);
+                    axum::Json(json!({"id": Uuid::new_v4()}))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(MockProvider { url, served })
+}
+
+fn agent(i: usize) -> String {
+    format!("bench-agent-{i}")
+}
+
+fn make_jobs(args: &Args) -> Vec<serde_json::Value> {
+    (0..args.jobs)
+        .map(|i| {
+            let a = agent(i % args.agents.max(1));
+            if i % 2 == 0 {
+                json!({"id": Uuid::new_v4(), "agent_id": a, "channel": "sms", "to": "+14155550123",
+                       "text": "Open house Saturday 10am at 12 Elm St. Reply STOP to opt out.",
+                       "category": "transactional", "campaign_id": "bench"})
+            } else {
+                json!({"id": Uuid::new_v4(), "agent_id": a, "channel": "email", "to": "buyer@example.com",
+                       "subject": "New listing near you", "text": "3 bed, 2 bath, garden.",
+                       "category": "transactional", "campaign_id": "bench"})
+            }
+        })
+        .collect()
+}
+
+/// Half of the agents bring their own accounts (SMS and email); the rest use
+/// the platform's.
+async fn connect_integrations(
+    args: &Args,
+    env: &BenchEnv,
+    provider: &MockProvider,
+) -> anyhow::Result<()> {
+    let settings = settings_for(env, provider, args)?;
+    let pool = switchboard::store::pool(&env.db_url, 4)?;
+    if !args.new_agents {
+        // A platform's agents exist before their jobs do: measure the steady
+        // state, not each agent's first-use row.
+        pool.get()
+            .await?
+            .execute(
+                "INSERT INTO agents (id) SELECT 'bench-agent-' || g FROM generate_series(0, $1 - 1) g
+                 ON CONFLICT DO NOTHING",
+                &[&(args.agents as i32)],
+            )
+            .await?;
+    }
+    let registry = switchboard::providers::Registry::new(
+        switchboard::providers::http_client(settings.provider_timeout),
+        &settings.provider_urls,
+    );
+    let keyring = settings.keyring.as_ref().context("bench key")?;
+    for i in (0..args.agents).step_by(2) {
+        let sid = format!("AC{i:032}");
+        switchboard::integrations::connect(
+            &pool,
+            keyring,
+            &registry,
+            &agent(i),
+            switchboard::domain::Channel::Sms,
+            "twilio",
+            &json!({"account_sid": sid, "auth_token": "bench-token", "phone_number": "+14155550100"}),
+        )
+        .await?;
+        switchboard::integrations::connect(
+            &pool,
+            keyring,
+            &registry,
+            &agent(i),
+            switchboard::domain::Channel::Email,
+            "resend",
+            &json!({"api_key": format!("re_bench_{i}"), "from_email": "agent@bench.test"}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn worker_env(env: &BenchEnv, provider: &MockProvider, args: &Args) -> HashMap<String, String> {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    [
+        ("DATABASE_URL", env.db_url.clone()),
+        ("AMQP_URL", env.amqp_url.clone()),
+        ("SWITCHBOARD_ENCRYPTION_KEY", key),
+        ("SWITCHBOARD_TWILIO_BASE_URL", provider.url.clone()),
+        ("SWITCHBOARD_RESEND_BASE_URL", provider.url.clone()),
+        ("TWILIO_ACCOUNT_SID", PLATFORM_SID.into()),
+        ("TWILIO_AUTH_TOKEN", "platform-token".into()),
+        ("TWILIO_PHONE_NUMBER", "+14155550000".into()),
+        ("RESEND_API_KEY", "re_platform".into()),
+        ("EMAIL_FROM", "Platform <no-reply@bench.test>".into()),
+        ("SWITCHBOARD_PREFETCH", args.prefetch.to_string()),
+        ("SWITCHBOARD_DB_POOL_SIZE", args.db_pool.to_string()),
+        ("SWITCHBOARD_PROVIDER_TIMEOUT_MS", "60000".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn settings_for(
+    env: &BenchEnv,
+    provider: &MockProvider,
+    args: &Args,
+) -> anyhow::Result<switchboard::config::Settings> {
+    let vars = worker_env(env, provider, args);
+    Ok(switchboard::config::Settings::from_lookup(|k| {
+        vars.get(k).cloned()
+    })?)
+}
+
+fn spawn_worker(
+    args: &Args,
+    env: &BenchEnv,
+    provider: &MockProvider,
+) -> anyhow::Result<std::process::Child> {
+    let exe = std::env::current_exe()?;
+    Ok(std::process::Command::new(exe)
+        .arg("--worker-child")
+        .env_clear()
+        .envs(worker_env(env, provider, args))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?)
+}
+
+/// Publishes every job, pipelining confirms (waiting for them in batches),
+/// steadily at `rate` per second when given. Returns each job's publish time.
+async fn publish_jobs(
+    channel: &lapin::Channel,
+    jobs: &[serde_json::Value],
+    rate: Option<u64>,
+) -> anyhow::Result<HashMap<Uuid, DateTime<Utc>>> {
+    let mut published_at = HashMap::with_capacity(jobs.len());
+    let mut pending = Vec::new();
+    let tick = Duration::from_millis(10);
+    let per_tick = rate.map(|r| (r as f64 * tick.as_secs_f64()).max(1.0) as usize);
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for chunk in jobs.chunks(per_tick.unwrap_or(500)) {
+        if per_tick.is_some() {
+            interval.tick().await;
+        }
+        for job in chunk {
+            let id: Uuid = serde_json::from_value(job["id"].clone())?;
+            let agent = job["agent_id"].as_str().unwrap_or_default();
+            published_at.insert(id, Utc::now());
+            let confirm = channel
+                .basic_publish(
+                    switchboard::amqp::JOBS_EXCHANGE.into(),
+                    agent.into(),
+                    BasicPublishOptions::default(),
+                    job.to_string().as_bytes(),
+                    switchboard::amqp::job_properties(id),
+                )
+                .await?;
+            pending.push(confirm);
+        }
+        if pending.len() >= 500 || per_tick.is_some() {
+            switchboard::amqp::await_confirms(pending.drain(..)).await?;
+        }
+    }
+    switchboard::amqp::await_confirms(pending).await?;
+    Ok(published_at)
+}
+
+/// Raw RabbitMQ: publish `n` messages of `size` bytes with confirms to a
+/// queue and consume them with manual acks and the same prefetch, doing no
+/// work. Returns messages per second, first publish to last ack.
+async fn amqp_ceiling(url: &str, n: usize, size: usize, prefetch: u16) -> anyhow::Result<f64> {
+    let conn = switchboard::amqp::connect(url, "bench-ceiling").await?;
+    let queue = format!("bench.ceiling.{}", Uuid::new_v4().simple());
+    let consume_channel = conn.create_channel().await?;
+    consume_channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    consume_channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consume_channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let publish_channel = switchboard::amqp::confirm_channel(&conn).await?;
+    let body = vec![b'x'; size];
+    let started = Instant::now();
+    let consume = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < n {
+            match consumer.next().await {
+                Some(Ok(d)) => {
+                    d.ack(BasicAckOptions::default()).await?;
+                    seen += 1;
+                }
+                Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                None => bail!("consumer ended"),
+            }
+        }
+        Ok(Instant::now())
+    });
+    let mut pending = Vec::new();
+    for _ in 0..n {
+        let confirm = publish_channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                switchboard::amqp::job_properties(Uuid::new_v4()),
+            )
+            .await?;
+        pending.push(confirm);
+        if pending.len() >= 500 {
+            switchboard::amqp::await_confirms(pending.drain(..)).await?;
+        }
+    }
+    switchboard::amqp::await_confirms(pending).await?;
+    let finished = consume.await??;
+    let _ = publish_channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(n as f64 / (finished - started).as_secs_f64())
+}

@@ -1,0 +1,339 @@
+//! Settings, read once from the environment (names fixed in DESIGN.md) into a
+//! typed struct. Every default is documented on its field.
+//!
+//! Secrets are held as [`SecretString`] so that `Debug` output and logs never
+//! show them. Nothing else in the crate reads environment variables.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::crypto::{Keyring, KeyringError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name}: {message}")]
+    Invalid { name: &'static str, message: String },
+    #[error(transparent)]
+    Key(#[from] KeyringError),
+}
+
+/// Where each provider's API is reached. Tests point these at local mocks.
+#[derive(Debug, Clone)]
+pub struct ProviderUrls {
+    /// `SWITCHBOARD_RESEND_BASE_URL`, default `https://api.resend.com`.
+    pub resend: String,
+    /// `SWITCHBOARD_SENDGRID_BASE_URL`, default `https://api.sendgrid.com`.
+    pub sendgrid: String,
+    /// `SWITCHBOARD_MAILGUN_BASE_URL`, default `https://api.mailgun.net`.
+    pub mailgun: String,
+    /// `SWITCHBOARD_POSTMARK_BASE_URL`, default `https://api.postmarkapp.com`.
+    pub postmark: String,
+    /// `SWITCHBOARD_SES_BASE_URL`, default: the region's endpoint.
+    pub ses: Option<String>,
+    /// `SWITCHBOARD_TWILIO_BASE_URL`, default `https://api.twilio.com`.
+    pub twilio: String,
+    /// `SWITCHBOARD_AFRICASTALKING_BASE_URL`, default `https://api.africastalking.com`.
+    pub africastalking: String,
+    /// `SWITCHBOARD_WHATSAPP_BASE_URL`, default `https://graph.facebook.com/v21.0`.
+    pub whatsapp: String,
+    /// `SWITCHBOARD_VAPI_BASE_URL`, default `https://api.vapi.ai`.
+    pub vapi: String,
+}
+
+/// The platform's own provider accounts, used when an agent has none.
+#[derive(Debug, Clone, Default)]
+pub struct PlatformAccounts {
+    /// `RESEND_API_KEY`
+    pub resend_api_key: Option<SecretString>,
+    /// `SENDGRID_API_KEY` (read for completeness; no SendGrid adapter yet).
+    pub sendgrid_api_key: Option<SecretString>,
+    /// `EMAIL_FROM`: the platform's sender address, e.g. `Acme <no-reply@acme.test>`.
+    pub email_from: Option<String>,
+    /// `TWILIO_ACCOUNT_SID`
+    pub twilio_account_sid: Option<String>,
+    /// `TWILIO_AUTH_TOKEN`
+    pub twilio_auth_token: Option<SecretString>,
+    /// `TWILIO_PHONE_NUMBER`
+    pub twilio_phone_number: Option<String>,
+    /// `TWILIO_MESSAGING_SERVICE_SID`: used instead of a phone number when set.
+    pub twilio_messaging_service_sid: Option<String>,
+    /// `RESEND_WEBHOOK_SECRET`: the `whsec_…` signing secret of the platform's
+    /// Resend webhook, for `/webhooks/resend/platform`.
+    pub resend_webhook_secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/switchboard`.
+    pub database_url: String,
+    /// `AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub amqp_url: String,
+    /// `SWITCHBOARD_HTTP_ADDR`, default `127.0.0.1:8080`.
+    pub http_addr: SocketAddr,
+    /// `SWITCHBOARD_ENCRYPTION_KEY`: base64 of 32 bytes. Required by every
+    /// command that reads or writes integrations.
+    pub keyring: Option<Keyring>,
+    /// `SWITCHBOARD_SIMULATE`, default false: lets the simulation provider be
+    /// the last fallback.
+    pub simulate: bool,
+    /// `SWITCHBOARD_API_TOKEN`: bearer token for `/v1`.
+    pub api_token: Option<SecretString>,
+    /// `SWITCHBOARD_PUBLIC_URL`: where providers reach our webhooks. Without
+    /// it no status-callback URL is sent to providers.
+    pub public_url: Option<String>,
+    pub provider_urls: ProviderUrls,
+    pub platform: PlatformAccounts,
+    /// `SWITCHBOARD_PREFETCH`, default 256: unacked deliveries per worker, and
+    /// so the number of jobs in flight at once.
+    pub prefetch: u16,
+    /// `SWITCHBOARD_MAX_ATTEMPTS`, default 5: provider calls per job before a
+    /// transient failure becomes `failed`.
+    pub max_attempts: u32,
+    /// `SWITCHBOARD_RETRY_BASE_MS`, default 500: first backoff delay.
+    pub retry_base: Duration,
+    /// `SWITCHBOARD_RETRY_MAX_MS`, default 30000: longest single wait,
+    /// including a provider's `Retry-After`.
+    pub retry_max: Duration,
+    /// `SWITCHBOARD_PROVIDER_TIMEOUT_MS`, default 15000: one provider request.
+    pub provider_timeout: Duration,
+    /// `SWITCHBOARD_LEASE_SECS`, default 300: how long a worker owns a job it
+    /// is sending. A redelivered copy waits this long for the owner to finish
+    /// before taking over (the owner died).
+    pub lease: Duration,
+    /// `SWITCHBOARD_SHUTDOWN_GRACE_SECS`, default 30: how long in-flight jobs
+    /// may finish after SIGTERM; the rest stay unacked and are redelivered.
+    pub shutdown_grace: Duration,
+    /// `SWITCHBOARD_DB_POOL_SIZE`, default 32.
+    pub db_pool_size: usize,
+    /// `SWITCHBOARD_RETRY_PARK_AFTER_MS`, default 5000: a provider's
+    /// Retry-After longer than this parks the job in `scheduled_jobs` instead
+    /// of holding a prefetch slot while waiting.
+    pub retry_park_after: Duration,
+    /// `SWITCHBOARD_RATE_WAIT_MAX_MS`, default 1000: the longest a job waits
+    /// in memory for a per-second limit; longer, and it is parked.
+    pub rate_wait_max: Duration,
+    /// `SWITCHBOARD_CIRCUIT_THRESHOLD`, default 5: consecutive failures of a
+    /// provider account (5xx, timeouts) that open its circuit.
+    pub circuit_threshold: u32,
+    /// `SWITCHBOARD_CIRCUIT_COOLDOWN_MS`, default 30000: how long an open
+    /// circuit defers jobs before one probe is let through.
+    pub circuit_cooldown: Duration,
+    /// `SWITCHBOARD_SCHEDULER_INTERVAL_MS`, default 1000: how often due
+    /// parked jobs are looked for.
+    pub scheduler_interval: Duration,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    /// Reads settings through `lookup`, so tests can build settings without
+    /// touching the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| {
+            lookup(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let secret = |k: &str| get(k).map(SecretString::from);
+        let url = |k: &str, default: &str| {
+            get(k)
+                .unwrap_or_else(|| default.to_string())
+                .trim_end_matches('/')
+                .to_string()
+        };
+        let ms = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            number(name, get(name), default).map(Duration::from_millis)
+        };
+
+        let http_addr = get("SWITCHBOARD_HTTP_ADDR")
+            .unwrap_or_else(|| "127.0.0.1:8080".into())
+            .parse()
+            .map_err(|e| ConfigError::Invalid {
+                name: "SWITCHBOARD_HTTP_ADDR",
+                message: format!("not a socket address: {e}"),
+            })?;
+        let keyring = match lookup("SWITCHBOARD_ENCRYPTION_KEY") {
+            None => None,
+            Some(k) => Some(Keyring::from_base64(k.trim())?),
+        };
+        let simulate = match get("SWITCHBOARD_SIMULATE").as_deref() {
+            None | Some("false" | "0" | "no") => false,
+            Some("true" | "1" | "yes") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "SWITCHBOARD_SIMULATE",
+                    message: format!("expected true or false, got `{other}`"),
+                });
+            }
+        };
+        let public_url = get("SWITCHBOARD_PUBLIC_URL")
+            .map(|u| {
+                url::Url::parse(&u)
+                    .map(|_| u.trim_end_matches('/').to_string())
+                    .map_err(|e| ConfigError::Invalid {
+                        name: "SWITCHBOARD_PUBLIC_URL",
+                        message: format!("not a URL: {e}"),
+                    })
+            })
+            .transpose()?;
+
+        Ok(Settings {
+            database_url: get("DATABASE_URL")
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/switchboard".into()),
+            amqp_url: get("AMQP_URL")
+                .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            http_addr,
+            keyring,
+            simulate,
+            api_token: secret("SWITCHBOARD_API_TOKEN"),
+            public_url,
+            provider_urls: ProviderUrls {
+                resend: url("SWITCHBOARD_RESEND_BASE_URL", "https://api.resend.com"),
+                sendgrid: url("SWITCHBOARD_SENDGRID_BASE_URL", "https://api.sendgrid.com"),
+                mailgun: url("SWITCHBOARD_MAILGUN_BASE_URL", "https://api.mailgun.net"),
+                postmark: url(
+                    "SWITCHBOARD_POSTMARK_BASE_URL",
+                    "https://api.postmarkapp.com",
+                ),
+                ses: get("SWITCHBOARD_SES_BASE_URL").map(|u| u.trim_end_matches('/').to_string()),
+                twilio: url("SWITCHBOARD_TWILIO_BASE_URL", "https://api.twilio.com"),
+                africastalking: url(
+                    "SWITCHBOARD_AFRICASTALKING_BASE_URL",
+                    "https://api.africastalking.com",
+                ),
+                whatsapp: url(
+                    "SWITCHBOARD_WHATSAPP_BASE_URL",
+                    "https://graph.facebook.com/v21.0",
+                ),
+                vapi: url("SWITCHBOARD_VAPI_BASE_URL", "https://api.vapi.ai"),
+            },
+            platform: PlatformAccounts {
+                resend_api_key: secret("RESEND_API_KEY"),
+                sendgrid_api_key: secret("SENDGRID_API_KEY"),
+                email_from: get("EMAIL_FROM"),
+                twilio_account_sid: get("TWILIO_ACCOUNT_SID"),
+                twilio_auth_token: secret("TWILIO_AUTH_TOKEN"),
+                twilio_phone_number: get("TWILIO_PHONE_NUMBER"),
+                twilio_messaging_service_sid: get("TWILIO_MESSAGING_SERVICE_SID"),
+                resend_webhook_secret: secret("RESEND_WEBHOOK_SECRET"),
+            },
+            prefetch: number("SWITCHBOARD_PREFETCH", get("SWITCHBOARD_PREFETCH"), 256)?
+                .clamp(1, u16::MAX as u64) as u16,
+            max_attempts: number(
+                "SWITCHBOARD_MAX_ATTEMPTS",
+                get("SWITCHBOARD_MAX_ATTEMPTS"),
+                5,
+            )?
+            .clamp(1, 100) as u32,
+            retry_base: ms("SWITCHBOARD_RETRY_BASE_MS", 500)?,
+            retry_max: ms("SWITCHBOARD_RETRY_MAX_MS", 30_000)?,
+            provider_timeout: ms("SWITCHBOARD_PROVIDER_TIMEOUT_MS", 15_000)?,
+            lease: Duration::from_secs(number(
+                "SWITCHBOARD_LEASE_SECS",
+                get("SWITCHBOARD_LEASE_SECS"),
+                300,
+            )?),
+            shutdown_grace: Duration::from_secs(number(
+                "SWITCHBOARD_SHUTDOWN_GRACE_SECS",
+                get("SWITCHBOARD_SHUTDOWN_GRACE_SECS"),
+                30,
+            )?),
+            db_pool_size: number(
+                "SWITCHBOARD_DB_POOL_SIZE",
+                get("SWITCHBOARD_DB_POOL_SIZE"),
+                32,
+            )?
+            .max(2) as usize,
+            retry_park_after: ms("SWITCHBOARD_RETRY_PARK_AFTER_MS", 5_000)?,
+            rate_wait_max: ms("SWITCHBOARD_RATE_WAIT_MAX_MS", 1_000)?,
+            circuit_threshold: number(
+                "SWITCHBOARD_CIRCUIT_THRESHOLD",
+                get("SWITCHBOARD_CIRCUIT_THRESHOLD"),
+                5,
+            )?
+            .clamp(1, 1_000) as u32,
+            circuit_cooldown: ms("SWITCHBOARD_CIRCUIT_COOLDOWN_MS", 30_000)?,
+            scheduler_interval: ms("SWITCHBOARD_SCHEDULER_INTERVAL_MS", 1_000)?
+                .max(Duration::from_millis(10)),
+        })
+    }
+
+    /// The keyring, or the start-up error that says how to provide one.
+    pub fn require_keyring(&self) -> Result<&Keyring, ConfigError> {
+        self.keyring
+            .as_ref()
+            .ok_or(ConfigError::Key(KeyringError::Missing))
+    }
+}
+
+fn number(name: &'static str, raw: Option<String>, default: u64) -> Result<u64, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
+            name,
+            message: format!("expected a whole number, got `{v}`"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_point_at_local_services() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
+        assert!(s.database_url.contains("127.0.0.1:5432"));
+        assert!(!s.simulate);
+        assert!(s.keyring.is_none());
+        assert_eq!(s.provider_urls.twilio, "https://api.twilio.com");
+        assert_eq!(s.prefetch, 256);
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        let err = settings(&[("SWITCHBOARD_PREFETCH", "lots")]).unwrap_err();
+        assert!(err.to_string().starts_with("SWITCHBOARD_PREFETCH"), "{err}");
+        let err = settings(&[("SWITCHBOARD_ENCRYPTION_KEY", "short")]).unwrap_err();
+        assert!(
+            err.to_string().contains("SWITCHBOARD_ENCRYPTION_KEY"),
+            "{err}"
+        );
+        let err = settings(&[("SWITCHBOARD_SIMULATE", "maybe")]).unwrap_err();
+        assert!(err.to_string().contains("SWITCHBOARD_SIMULATE"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let s = settings(&[("TWILIO_AUTH_TOKEN", "tok-very-secret")]).unwrap();
+        assert!(!format!("{s:?}").contains("tok-very-secret"));
+        assert_eq!(
+            s.platform.twilio_auth_token.unwrap().expose_secret(),
+            "tok-very-secret"
+        );
+    }
+
+    #[test]
+    fn missing_key_is_a_clear_error_when_required() {
+        let s = settings(&[]).unwrap();
+        let err = s.require_keyring().unwrap_err().to_string();
+        assert!(err.contains("SWITCHBOARD_ENCRYPTION_KEY"), "{err}");
+    }
+}

@@ -1,0 +1,499 @@
+//! The send job, version 1: the wire format publishers use (DESIGN.md) and the
+//! validated [`SendJob`] that the rest of switchboard works with.
+//!
+//! Parsing happens exactly once, here. A job that fails to parse becomes a
+//! [`Rejection`] that still carries whatever could be read (id, agent,
+//! channel) so the rejection can be recorded against the right message. This
+//! module never touches the network or the database.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Channel, Recipient};
+
+/// Longest agent id we accept: it is also the AMQP routing key, which is
+/// limited to 255 bytes.
+const MAX_AGENT_ID_BYTES: usize = 255;
+
+/// Whether quiet hours apply: marketing waits for the recipient's daytime,
+/// transactional (password resets, appointment confirmations) does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Transactional,
+    #[default]
+    Marketing,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Transactional => "transactional",
+            Category::Marketing => "marketing",
+        }
+    }
+}
+
+/// What the message says. Which fields matter depends on the channel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Content {
+    pub subject: Option<String>,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    pub reply_to: Option<super::EmailAddress>,
+    pub media_urls: Vec<String>,
+    /// Provider template (WhatsApp template name, language, params; a
+    /// provider-side email template). Passed through to the adapter.
+    pub template: Option<serde_json::Value>,
+}
+
+/// Campaign bookkeeping, carried through to the message row and events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CampaignRef {
+    pub campaign_id: Option<String>,
+    pub sequence_id: Option<String>,
+    pub step: Option<i64>,
+}
+
+/// A validated send job. Code behind the edge accepts only this type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendJob {
+    pub id: Uuid,
+    pub agent_id: String,
+    pub channel: Channel,
+    pub recipient: Recipient,
+    pub category: Category,
+    pub content: Content,
+    pub send_at: Option<DateTime<Utc>>,
+    pub timezone: Option<chrono_tz::Tz>,
+    pub campaign: CampaignRef,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A job that cannot be processed, with what we could still read of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub id: Option<Uuid>,
+    pub agent_id: Option<String>,
+    pub channel: Option<Channel>,
+    /// Human-readable, safe to log and to put in the dead-letter header: it
+    /// never contains a full recipient address.
+    pub reason: String,
+}
+
+/// The wire format. Every field is optional here so that a missing field is
+/// reported by name instead of as a serde error in the middle of a sentence.
+/// Unknown fields are ignored, as DESIGN.md promises publishers.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct SendJobV1 {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_urls: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence_id: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl SendJob {
+    /// Parses and validates a job body exactly as it arrived from the queue.
+    pub fn parse(body: &[u8]) -> Result<SendJob, Rejection> {
+        let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| Rejection {
+            id: None,
+            agent_id: None,
+            channel: None,
+            reason: format!("body is not valid JSON: {e}"),
+        })?;
+        if !value.is_object() {
+            return Err(Rejection {
+                id: None,
+                agent_id: None,
+                channel: None,
+                reason: "body is not a JSON object".into(),
+            });
+        }
+        // Cannot fail: every field is an optional `Value`.
+        let wire: SendJobV1 = serde_json::from_value(value).map_err(|e| Rejection {
+            id: None,
+            agent_id: None,
+            channel: None,
+            reason: format!("body does not match the v1 job schema: {e}"),
+        })?;
+        wire.validate()
+    }
+
+    /// Serialises back to the v1 wire format (for `scheduled_jobs`, replays
+    /// and the message row). `parse(to_wire())` gives the same job back.
+    pub fn to_wire(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "id": self.id,
+            "agent_id": self.agent_id,
+            "channel": self.channel.as_str(),
+            "to": self.recipient.as_str(),
+            "category": self.category.as_str(),
+        });
+        let obj = v.as_object_mut().expect("literal object");
+        let mut put = |k: &str, val: Option<serde_json::Value>| {
+            if let Some(val) = val {
+                obj.insert(k.to_string(), val);
+            }
+        };
+        put("subject", self.content.subject.clone().map(Into::into));
+        put("text", self.content.text.clone().map(Into::into));
+        put("html", self.content.html.clone().map(Into::into));
+        put(
+            "reply_to",
+            self.content.reply_to.as_ref().map(|r| r.as_str().into()),
+        );
+        if !self.content.media_urls.is_empty() {
+            put("media_urls", Some(self.content.media_urls.clone().into()));
+        }
+        put("template", self.content.template.clone());
+        put("send_at", self.send_at.map(|t| t.to_rfc3339().into()));
+        put("timezone", self.timezone.map(|t| t.name().into()));
+        put(
+            "campaign_id",
+            self.campaign.campaign_id.clone().map(Into::into),
+        );
+        put(
+            "sequence_id",
+            self.campaign.sequence_id.clone().map(Into::into),
+        );
+        put("step", self.campaign.step.map(Into::into));
+        if !self.metadata.is_empty() {
+            put("metadata", Some(self.metadata.clone().into()));
+        }
+        v
+    }
+}
+
+impl SendJobV1 {
+    fn validate(self) -> Result<SendJob, Rejection> {
+        // Read what identifies the job first, so that later failures can be
+        // recorded against it.
+        let id = match &self.id {
+            None => None,
+            Some(v) => v.as_str().and_then(|s| Uuid::parse_str(s).ok()),
+        };
+        let agent_id = self
+            .agent_id
+            .as_ref()
+            .and_then(|v| v.as_str())
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.len() <= MAX_AGENT_ID_BYTES)
+            .map(str::to_string);
+        let channel = self
+            .channel
+            .as_ref()
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse::<Channel>().ok());
+        let reject = |reason: String| Rejection {
+            id,
+            agent_id: agent_id.clone(),
+            channel,
+            reason,
+        };
+
+        let id = match (&self.id, id) {
+            (None, _) => return Err(reject("missing required field `id`".into())),
+            (Some(_), None) => return Err(reject("field `id` must be a UUID string".into())),
+            (_, Some(id)) => id,
+        };
+        let agent_id = match (&self.agent_id, &agent_id) {
+            (None, _) => return Err(reject("missing required field `agent_id`".into())),
+            (Some(_), None) => {
+                return Err(reject(format!(
+                    "field `agent_id` must be a non-empty string of at most {MAX_AGENT_ID_BYTES} bytes"
+                )));
+            }
+            (_, Some(a)) => a.clone(),
+        };
+        let channel = match (&self.channel, channel) {
+            (None, _) => return Err(reject("missing required field `channel`".into())),
+            (Some(v), None) => {
+                return Err(reject(format!(
+                    "field `channel` must be one of email, sms, whatsapp, voice (got {v})"
+                )));
+            }
+            (_, Some(c)) => c,
+        };
+        let to = match &self.to {
+            None => return Err(reject("missing required field `to`".into())),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| reject("field `to` must be a string".into()))?,
+        };
+        let recipient =
+            Recipient::parse(channel, to).map_err(|e| reject(format!("field `to`: {e}")))?;
+
+        let category = match &self.category {
+            None | Some(serde_json::Value::Null) => Category::default(),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+                reject(format!(
+                    "field `category` must be transactional or marketing (got {v})"
+                ))
+            })?,
+        };
+        let text_field =
+            |name: &str, v: &Option<serde_json::Value>| -> Result<Option<String>, Rejection> {
+                match v {
+                    None | Some(serde_json::Value::Null) => Ok(None),
+                    Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+                    Some(_) => Err(reject(format!("field `{name}` must be a string"))),
+                }
+            };
+        let subject = text_field("subject", &self.subject)?;
+        let text = text_field("text", &self.text)?;
+        let html = text_field("html", &self.html)?;
+        let reply_to = text_field("reply_to", &self.reply_to)?
+            .map(|r| super::EmailAddress::parse(&r))
+            .transpose()
+            .map_err(|e| reject(format!("field `reply_to`: {e}")))?;
+        let media_urls = match &self.media_urls {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(v) => serde_json::from_value::<Vec<String>>(v.clone())
+                .map_err(|_| reject("field `media_urls` must be an array of strings".into()))?,
+        };
+        for u in &media_urls {
+            let parsed = url::Url::parse(u)
+                .map_err(|_| reject(format!("field `media_urls`: `{u}` is not a URL")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(reject(format!(
+                    "field `media_urls`: `{u}` must be an http(s) URL"
+                )));
+            }
+        }
+        let template = match &self.template {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v @ serde_json::Value::Object(_)) => Some(v.clone()),
+            Some(_) => return Err(reject("field `template` must be an object".into())),
+        };
+        let send_at = text_field("send_at", &self.send_at)?
+            .map(|s| {
+                DateTime::parse_from_rfc3339(&s)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| reject(format!("field `send_at`: `{s}` is not an RFC 3339 time")))
+            })
+            .transpose()?;
+        let timezone = text_field("timezone", &self.timezone)?
+            .map(|s| {
+                s.parse::<chrono_tz::Tz>().map_err(|_| {
+                    reject(format!("field `timezone`: `{s}` is not an IANA time zone"))
+                })
+            })
+            .transpose()?;
+        let campaign = CampaignRef {
+            campaign_id: text_field("campaign_id", &self.campaign_id)?,
+            sequence_id: text_field("sequence_id", &self.sequence_id)?,
+            step: match &self.step {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => Some(
+                    v.as_i64()
+                        .ok_or_else(|| reject("field `step` must be an integer".into()))?,
+                ),
+            },
+        };
+        let metadata = match &self.metadata {
+            None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+            Some(serde_json::Value::Object(m)) => m.clone(),
+            Some(_) => return Err(reject("field `metadata` must be an object".into())),
+        };
+
+        let content = Content {
+            subject,
+            text,
+            html,
+            reply_to,
+            media_urls,
+            template,
+        };
+        check_content(channel, &content).map_err(reject)?;
+
+        Ok(SendJob {
+            id,
+            agent_id,
+            channel,
+            recipient,
+            category,
+            content,
+            send_at,
+            timezone,
+            campaign,
+            metadata,
+        })
+    }
+}
+
+/// Each channel needs something to send; a job without it can never succeed,
+/// so it is rejected up front instead of failing at the provider.
+fn check_content(channel: Channel, c: &Content) -> Result<(), String> {
+    let has = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.trim().is_empty());
+    match channel {
+        Channel::Email => {
+            if c.template.is_some() {
+                return Ok(());
+            }
+            if !has(&c.subject) {
+                return Err("an email needs a `subject` (or a `template`)".into());
+            }
+            if !has(&c.text) && !has(&c.html) {
+                return Err("an email needs `text` or `html` (or a `template`)".into());
+            }
+        }
+        Channel::Sms => {
+            if !has(&c.text) && c.media_urls.is_empty() {
+                return Err("an sms needs `text` or `media_urls`".into());
+            }
+        }
+        Channel::Whatsapp => {
+            if !has(&c.text) && c.template.is_none() && c.media_urls.is_empty() {
+                return Err("a whatsapp message needs `text`, `media_urls` or a `template`".into());
+            }
+        }
+        // A voice call's script lives in the provider's assistant.
+        Channel::Voice => {}
+    }
+    Ok(())
+}
+
+/// Flattens metadata into string pairs, the shape providers' tags and custom
+/// args take.
+pub fn metadata_pairs(
+    metadata: &serde_json::Map<String, serde_json::Value>,
+) -> BTreeMap<String, String> {
+    metadata
+        .iter()
+        .map(|(k, v)| {
+            let s = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), s)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: serde_json::Value) -> Result<SendJob, Rejection> {
+        SendJob::parse(v.to_string().as_bytes())
+    }
+
+    const ID: &str = "6f1c1c7e-3f55-4b9e-9d57-0f0e6f1a2b3c";
+
+    #[test]
+    fn a_full_sms_job_parses_and_round_trips() {
+        let job = parse(serde_json::json!({
+            "id": ID, "agent_id": "agent-1", "channel": "sms", "to": "+1 415 555 0123",
+            "text": "Open house Saturday", "category": "transactional",
+            "send_at": "2026-11-23T10:00:00+01:00", "timezone": "America/New_York",
+            "campaign_id": "c1", "sequence_id": "s1", "step": 2,
+            "metadata": {"listing": "L-9"}, "unknown_field": true
+        }))
+        .unwrap();
+        assert_eq!(job.recipient.as_str(), "+14155550123");
+        assert_eq!(job.category, Category::Transactional);
+        assert_eq!(
+            job.send_at.unwrap().to_rfc3339(),
+            "2026-11-23T09:00:00+00:00"
+        );
+        assert_eq!(job.campaign.step, Some(2));
+        let again = SendJob::parse(job.to_wire().to_string().as_bytes()).unwrap();
+        assert_eq!(again, job);
+    }
+
+    #[test]
+    fn category_defaults_to_marketing() {
+        let job = parse(serde_json::json!({
+            "id": ID, "agent_id": "a", "channel": "email", "to": "a@b.co",
+            "subject": "Hi", "text": "Hello"
+        }))
+        .unwrap();
+        assert_eq!(job.category, Category::Marketing);
+    }
+
+    #[test]
+    fn not_json_is_rejected_without_an_id() {
+        let r = SendJob::parse(b"{not json").unwrap_err();
+        assert_eq!(r.id, None);
+        assert!(r.reason.contains("not valid JSON"), "{}", r.reason);
+    }
+
+    #[test]
+    fn a_missing_field_is_named_and_the_id_kept() {
+        let r =
+            parse(serde_json::json!({"id": ID, "agent_id": "a", "channel": "sms"})).unwrap_err();
+        assert_eq!(r.reason, "missing required field `to`");
+        assert_eq!(r.id, Some(Uuid::parse_str(ID).unwrap()));
+        assert_eq!(r.agent_id.as_deref(), Some("a"));
+        assert_eq!(r.channel, Some(Channel::Sms));
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_reasons() {
+        let base = serde_json::json!({"id": ID, "agent_id": "a", "channel": "sms", "to": "+14155550123", "text": "x"});
+        let with = |k: &str, v: serde_json::Value| {
+            let mut j = base.clone();
+            j[k] = v;
+            parse(j).unwrap_err().reason
+        };
+        assert!(with("channel", "fax".into()).contains("must be one of"));
+        assert!(with("to", "not-a-phone".into()).contains("field `to`"));
+        assert!(with("id", "123".into()).contains("UUID"));
+        assert!(with("category", "spam".into()).contains("category"));
+        assert!(with("timezone", "Mars/Olympus".into()).contains("IANA"));
+        assert!(with("send_at", "tomorrow".into()).contains("RFC 3339"));
+        assert!(with("media_urls", serde_json::json!(["ftp://x"])).contains("http"));
+        assert!(with("agent_id", "".into()).contains("agent_id"));
+    }
+
+    #[test]
+    fn an_email_address_on_sms_or_a_phone_on_email_is_rejected() {
+        let r = parse(serde_json::json!({"id": ID, "agent_id": "a", "channel": "email", "to": "+14155550123", "subject": "s", "text": "t"})).unwrap_err();
+        assert!(r.reason.contains("email address"), "{}", r.reason);
+    }
+
+    #[test]
+    fn content_is_required_per_channel() {
+        let r = parse(serde_json::json!({"id": ID, "agent_id": "a", "channel": "email", "to": "a@b.co", "text": "t"})).unwrap_err();
+        assert!(r.reason.contains("subject"));
+        let r = parse(
+            serde_json::json!({"id": ID, "agent_id": "a", "channel": "sms", "to": "+14155550123"}),
+        )
+        .unwrap_err();
+        assert!(r.reason.contains("sms needs"));
+        assert!(parse(serde_json::json!({"id": ID, "agent_id": "a", "channel": "voice", "to": "+14155550123"})).is_ok());
+    }
+}

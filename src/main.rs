@@ -1,0 +1,327 @@
+//! The `switchboard` binary: parse the command line, load settings, run the
+//! subcommand from the library, exit.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchboard::app::{self, IntegrationCommand, Parts, PolicyCommand};
+use switchboard::config::Settings;
+use switchboard::domain::Channel;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Sends email, SMS, WhatsApp and voice for many agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply database migrations (safe to run any number of times).
+    Migrate,
+    /// Consume jobs from RabbitMQ and send them.
+    Worker,
+    /// Serve HTTP: /metrics, /healthz, /readyz.
+    Serve,
+    /// Worker and HTTP server in one process.
+    Run,
+    /// Publish jobs from a file (or `-` for stdin): one JSON object or an array.
+    Enqueue {
+        file: String,
+        /// Publish even if a job does not validate (to exercise dead-lettering).
+        #[arg(long)]
+        no_validate: bool,
+    },
+    /// Connect, list, enable, disable or disconnect agents' provider accounts.
+    Integrations {
+        #[command(subcommand)]
+        command: IntegrationsCli,
+    },
+    /// Add, list or remove opt-outs (suppressions).
+    OptOuts {
+        #[command(subcommand)]
+        command: OptOutsCli,
+    },
+    /// Set or show an agent's time zone, send window, limits and branding.
+    Agents {
+        #[command(subcommand)]
+        command: AgentsCli,
+    },
+    /// Cancel campaign sequences.
+    Sequences {
+        #[command(subcommand)]
+        command: SequencesCli,
+    },
+}
+
+#[derive(Subcommand)]
+enum OptOutsCli {
+    /// Stops messages to an address (for one agent, or with --platform for all).
+    Add {
+        #[arg(long, required_unless_present = "platform")]
+        agent: Option<String>,
+        #[arg(long)]
+        platform: bool,
+        #[arg(long)]
+        channel: Channel,
+        #[arg(long)]
+        address: String,
+        /// stop_keyword, unsubscribe, hard_bounce, complaint, manual, provider_rejected
+        #[arg(long, default_value = "manual")]
+        reason: String,
+    },
+    /// An agent's opt-outs and the platform-wide ones.
+    List {
+        #[arg(long)]
+        agent: String,
+    },
+    Remove {
+        #[arg(long, required_unless_present = "platform")]
+        agent: Option<String>,
+        #[arg(long)]
+        platform: bool,
+        #[arg(long)]
+        channel: Channel,
+        #[arg(long)]
+        address: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentsCli {
+    /// Changes only what is given; creates the agent if needed.
+    Set {
+        #[arg(long)]
+        agent: String,
+        /// IANA zone, the fallback for recipients whose zone is unknown.
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Recipient-local window for marketing, like 09:00-20:00.
+        #[arg(long)]
+        send_window: Option<String>,
+        /// Apply quiet hours to marketing email too.
+        #[arg(long)]
+        quiet_hours_email: Option<bool>,
+        /// Per channel, like '{"sms": {"per_second": 2, "per_day": 500}}'.
+        #[arg(long)]
+        limits: Option<String>,
+        #[arg(long)]
+        company_name: Option<String>,
+        #[arg(long)]
+        reply_email: Option<String>,
+        #[arg(long)]
+        from_name: Option<String>,
+    },
+    Show {
+        #[arg(long)]
+        agent: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SequencesCli {
+    /// Cancels a sequence's later steps (for one recipient with --to).
+    Cancel {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        sequence: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IntegrationsCli {
+    Connect {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        channel: Channel,
+        #[arg(long)]
+        provider: String,
+        /// The provider's settings as a JSON object (DESIGN.md lists the keys).
+        #[arg(long)]
+        settings: String,
+    },
+    /// Lists an agent's integrations with secrets masked.
+    List {
+        #[arg(long)]
+        agent: String,
+    },
+    Enable {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        channel: Channel,
+    },
+    Disable {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        channel: Channel,
+    },
+    Disconnect {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        channel: Channel,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,lapin=warn,tokio_postgres=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let start = |worker, http| {
+        let settings = settings.clone();
+        async move { app::start(settings, Parts { worker, http }, app::shutdown_on_signals()).await }
+    };
+    match cli.command {
+        Command::Migrate => app::migrate(&settings).await,
+        Command::Worker => start(true, false).await,
+        Command::Serve => start(false, true).await,
+        Command::Run => start(true, true).await,
+        Command::Enqueue { file, no_validate } => {
+            let input = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("reading {file}: {e}"))?
+            };
+            for id in app::enqueue(&settings, &input, !no_validate).await? {
+                println!("{id}");
+            }
+            Ok(())
+        }
+        Command::Integrations { command } => {
+            let command = match command {
+                IntegrationsCli::Connect {
+                    agent,
+                    channel,
+                    provider,
+                    settings: raw,
+                } => IntegrationCommand::Connect {
+                    agent,
+                    channel,
+                    provider,
+                    settings: serde_json::from_str(&raw)
+                        .map_err(|e| anyhow::anyhow!("--settings is not valid JSON: {e}"))?,
+                },
+                IntegrationsCli::List { agent } => IntegrationCommand::List { agent },
+                IntegrationsCli::Enable { agent, channel } => {
+                    IntegrationCommand::Enable { agent, channel }
+                }
+                IntegrationsCli::Disable { agent, channel } => {
+                    IntegrationCommand::Disable { agent, channel }
+                }
+                IntegrationsCli::Disconnect { agent, channel } => {
+                    IntegrationCommand::Disconnect { agent, channel }
+                }
+            };
+            print!("{}", app::integrations_command(&settings, command).await?);
+            Ok(())
+        }
+        Command::OptOuts { command } => {
+            let command = match command {
+                OptOutsCli::Add {
+                    agent,
+                    platform,
+                    channel,
+                    address,
+                    reason,
+                } => PolicyCommand::OptOutAdd {
+                    agent: agent.filter(|_| !platform),
+                    channel,
+                    address,
+                    reason,
+                },
+                OptOutsCli::List { agent } => PolicyCommand::OptOutList { agent },
+                OptOutsCli::Remove {
+                    agent,
+                    platform,
+                    channel,
+                    address,
+                } => PolicyCommand::OptOutRemove {
+                    agent: agent.filter(|_| !platform),
+                    channel,
+                    address,
+                },
+            };
+            print!("{}", app::policy_command(&settings, command).await?);
+            Ok(())
+        }
+        Command::Agents {
+            command:
+                AgentsCli::Set {
+                    agent,
+                    timezone,
+                    send_window,
+                    quiet_hours_email,
+                    limits,
+                    company_name,
+                    reply_email,
+                    from_name,
+                },
+        } => {
+            let update = app::AgentSettings {
+                agent,
+                timezone,
+                send_window,
+                quiet_hours_email,
+                limits,
+                company_name,
+                reply_email,
+                from_name,
+            };
+            print!("{}", app::set_agent(&settings, update).await?);
+            Ok(())
+        }
+        Command::Agents {
+            command: AgentsCli::Show { agent },
+        } => {
+            print!("{}", app::show_agent(&settings, &agent).await?);
+            Ok(())
+        }
+        Command::Sequences {
+            command:
+                SequencesCli::Cancel {
+                    agent,
+                    sequence,
+                    to,
+                },
+        } => {
+            let command = PolicyCommand::CancelSequence {
+                agent,
+                sequence,
+                to,
+            };
+            print!("{}", app::policy_command(&settings, command).await?);
+            Ok(())
+        }
+    }
+}

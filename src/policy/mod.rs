@@ -1,0 +1,331 @@
+//! Policy: what may be sent, to whom, and when. Checked before every send,
+//! in one order: suppression (opt-outs, cancelled sequences) → `send_at` →
+//! quiet hours → rate limits and quotas → the account's circuit breaker.
+//!
+//! The pure decisions live here and take the time as an argument; the worker
+//! supplies the data (read with the claim, in the same round trip) and
+//! records whatever is decided as an event.
+
+pub mod circuit;
+mod country_zones;
+pub mod quiet_hours;
+pub mod rate_limit;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+
+use chrono::{DateTime, NaiveTime, Utc};
+use chrono_tz::Tz;
+use serde_json::Value;
+
+use crate::domain::{Category, Channel, SendJob};
+pub use quiet_hours::{SendWindow, ZoneSource};
+
+/// Limits on one key (agent and channel, or a provider account).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: Option<NonZeroU32>,
+    pub per_hour: Option<NonZeroU32>,
+    pub per_day: Option<NonZeroU32>,
+}
+
+impl RateLimit {
+    /// Reads `{"per_second": N, "per_hour": N, "per_day": N}`; anything
+    /// missing or not a positive number is no limit.
+    pub fn from_json(v: Option<&Value>) -> Self {
+        let get = |k: &str| {
+            v.and_then(|v| v.get(k))
+                .and_then(Value::as_u64)
+                .and_then(|n| NonZeroU32::new(n.min(u32::MAX as u64) as u32))
+        };
+        Self {
+            per_second: get("per_second"),
+            per_hour: get("per_hour"),
+            per_day: get("per_day"),
+        }
+    }
+
+    /// Checks one limit as given by a person, named `path` in messages:
+    /// an object of `per_second`, `per_hour`, `per_day`, each a positive
+    /// whole number.
+    pub fn check_json(v: &Value, path: &str) -> Result<(), String> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| format!("{path} must be an object like {{\"per_second\": 10}}"))?;
+        for (k, n) in obj {
+            if !["per_second", "per_hour", "per_day"].contains(&k.as_str()) {
+                return Err(format!(
+                    "unknown key {path}.{k} (per_second, per_hour, per_day)"
+                ));
+            }
+            if n.as_u64().is_none_or(|n| n == 0 || n > u32::MAX as u64) {
+                return Err(format!("{path}.{k} must be a positive whole number"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks an agent's `limits`: an object keyed by channel, each a limit
+    /// as [`RateLimit::check_json`] takes it.
+    pub fn check_agent_limits(v: &Value) -> Result<(), String> {
+        let obj = v.as_object().ok_or(
+            "limits must be an object keyed by channel, like {\"sms\": {\"per_second\": 2}}",
+        )?;
+        for (channel, limit) in obj {
+            channel.parse::<Channel>()?;
+            Self::check_json(limit, &format!("limits.{channel}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.per_second.is_none() && self.per_hour.is_none() && self.per_day.is_none()
+    }
+}
+
+/// What switchboard knows of an agent for policy (the `agents` row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentPolicy {
+    pub timezone: Tz,
+    pub window: SendWindow,
+    pub quiet_hours_email: bool,
+    pub limits: HashMap<Channel, RateLimit>,
+}
+
+impl Default for AgentPolicy {
+    fn default() -> Self {
+        Self {
+            timezone: chrono_tz::UTC,
+            window: SendWindow::default(),
+            quiet_hours_email: false,
+            limits: HashMap::new(),
+        }
+    }
+}
+
+impl AgentPolicy {
+    /// From the `agents` row as JSON (`row_to_json`); `None` (the agent was
+    /// created by this very job) gives the defaults the table has.
+    pub fn from_row(row: Option<&Value>) -> Self {
+        let Some(row) = row else {
+            return Self::default();
+        };
+        let time = |k: &str, default: NaiveTime| {
+            row.get(k)
+                .and_then(Value::as_str)
+                .and_then(|s| NaiveTime::parse_from_str(s, "%H:%M:%S").ok())
+                .unwrap_or(default)
+        };
+        let defaults = SendWindow::default();
+        let limits = Channel::ALL
+            .into_iter()
+            .filter_map(|c| {
+                let l = RateLimit::from_json(row.get("limits").and_then(|l| l.get(c.as_str())));
+                (!l.is_empty()).then_some((c, l))
+            })
+            .collect();
+        Self {
+            timezone: row
+                .get("timezone")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(chrono_tz::UTC),
+            window: SendWindow {
+                start: time("send_window_start", defaults.start),
+                end: time("send_window_end", defaults.end),
+            },
+            quiet_hours_email: row
+                .get("quiet_hours_email")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            limits,
+        }
+    }
+}
+
+/// Opt-out reasons that stop even transactional messages: the address
+/// bounces, the person complained, the carrier blocks after STOP, the
+/// provider refused, or someone blocked it by hand. A marketing-list
+/// `unsubscribe` stops marketing only.
+const STOPS_TRANSACTIONAL: [&str; 5] = [
+    "hard_bounce",
+    "complaint",
+    "stop_keyword",
+    "provider_rejected",
+    "manual",
+];
+
+/// Why a job must not be sent now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Hold {
+    /// Never: the recipient opted out (reason from `opt_outs`).
+    Suppressed { reason: String },
+    /// Never: its sequence was cancelled.
+    Cancelled,
+    /// Later: `send_at` is in the future.
+    Scheduled { at: DateTime<Utc> },
+    /// Later: outside the recipient's window.
+    QuietHours {
+        until: DateTime<Utc>,
+        zone: Tz,
+        source: ZoneSource,
+    },
+}
+
+/// The checks that need no counters: suppression, `send_at`, quiet hours.
+/// `None`: go on to rate limits and sending.
+pub fn hold(
+    job: &SendJob,
+    agent: &AgentPolicy,
+    opt_out_reasons: &[String],
+    sequence_cancelled: bool,
+    now: DateTime<Utc>,
+) -> Option<Hold> {
+    let blocking = opt_out_reasons
+        .iter()
+        .find(|r| job.category == Category::Marketing || STOPS_TRANSACTIONAL.contains(&r.as_str()));
+    if let Some(reason) = blocking {
+        return Some(Hold::Suppressed {
+            reason: reason.clone(),
+        });
+    }
+    if sequence_cancelled {
+        return Some(Hold::Cancelled);
+    }
+    if let Some(at) = job.send_at
+        && at > now
+    {
+        return Some(Hold::Scheduled { at });
+    }
+    let quiet_hours_apply = job.category == Category::Marketing
+        && (job.channel != Channel::Email || agent.quiet_hours_email);
+    if quiet_hours_apply {
+        let (zone, source) = quiet_hours::recipient_zone(job, agent.timezone);
+        if let Some(until) = quiet_hours::next_opening(now, zone, agent.window) {
+            return Some(Hold::QuietHours {
+                until,
+                zone,
+                source,
+            });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(category: &str, channel: &str, to: &str) -> SendJob {
+        SendJob::parse(
+            serde_json::json!({"id": "6f1c1c7e-3f55-4b9e-9d57-0f0e6f1a2b3c", "agent_id": "a",
+                "channel": channel, "to": to, "text": "x", "subject": "s", "category": category,
+                "timezone": "America/New_York"})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    const NIGHT: &str = "2026-01-15T04:00:00Z"; // 23:00 in New York
+    const DAY: &str = "2026-01-15T16:00:00Z"; // 11:00 in New York
+
+    #[test]
+    fn marketing_at_night_waits_transactional_does_not() {
+        let a = AgentPolicy::default();
+        assert!(matches!(
+            hold(
+                &job("marketing", "sms", "+14155550123"),
+                &a,
+                &[],
+                false,
+                at(NIGHT)
+            ),
+            Some(Hold::QuietHours { .. })
+        ));
+        assert_eq!(
+            hold(
+                &job("transactional", "sms", "+14155550123"),
+                &a,
+                &[],
+                false,
+                at(NIGHT)
+            ),
+            None
+        );
+        assert_eq!(
+            hold(
+                &job("marketing", "sms", "+14155550123"),
+                &a,
+                &[],
+                false,
+                at(DAY)
+            ),
+            None
+        );
+        // Email is exempt unless the agent asks for quiet hours on email.
+        assert_eq!(
+            hold(
+                &job("marketing", "email", "a@b.co"),
+                &a,
+                &[],
+                false,
+                at(NIGHT)
+            ),
+            None
+        );
+        let strict = AgentPolicy {
+            quiet_hours_email: true,
+            ..Default::default()
+        };
+        assert!(
+            hold(
+                &job("marketing", "email", "a@b.co"),
+                &strict,
+                &[],
+                false,
+                at(NIGHT)
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn opt_outs_suppress_by_category() {
+        let a = AgentPolicy::default();
+        let unsub = vec!["unsubscribe".to_string()];
+        let bounce = vec!["hard_bounce".to_string()];
+        let j = job("marketing", "email", "a@b.co");
+        assert_eq!(
+            hold(&j, &a, &unsub, false, at(DAY)),
+            Some(Hold::Suppressed {
+                reason: "unsubscribe".into()
+            })
+        );
+        let t = job("transactional", "email", "a@b.co");
+        assert_eq!(hold(&t, &a, &unsub, false, at(DAY)), None);
+        assert_eq!(
+            hold(&t, &a, &bounce, false, at(DAY)),
+            Some(Hold::Suppressed {
+                reason: "hard_bounce".into()
+            })
+        );
+    }
+
+    #[test]
+    fn agent_rows_are_read_with_defaults() {
+        let row = serde_json::json!({"timezone": "Europe/Paris", "send_window_start": "08:30:00",
+            "send_window_end": "19:00:00", "quiet_hours_email": true,
+            "limits": {"sms": {"per_second": 2, "per_day": 500}}});
+        let p = AgentPolicy::from_row(Some(&row));
+        assert_eq!(p.timezone.name(), "Europe/Paris");
+        assert_eq!(p.window.start, NaiveTime::from_hms_opt(8, 30, 0).unwrap());
+        assert_eq!(p.limits[&Channel::Sms].per_second, NonZeroU32::new(2));
+        assert!(!p.limits.contains_key(&Channel::Email));
+        assert_eq!(AgentPolicy::from_row(None), AgentPolicy::default());
+    }
+}

@@ -1,0 +1,143 @@
+//! How a provider call failed, and whether trying again can help.
+
+use std::fmt;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Trying again later may succeed: the network, a timeout, 408, 429, 5xx,
+    /// or a provider code documented as "safe to retry".
+    Transient,
+    /// The same request will fail the same way: bad recipient, bad
+    /// credentials, content refused.
+    Permanent,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderError {
+    pub kind: ErrorKind,
+    /// The HTTP status, when the provider answered at all.
+    pub status: Option<u16>,
+    /// The provider's own error code (Twilio `21211`, Resend `validation_error`).
+    pub code: Option<String>,
+    /// The provider's message, or ours when it did not answer. Never carries
+    /// a credential.
+    pub message: String,
+    /// How long the provider asked us to wait.
+    pub retry_after: Option<Duration>,
+    /// The recipient refused messages (Twilio 21610 after STOP): no retry, and
+    /// policy may add them to the opt-out list.
+    pub recipient_opted_out: bool,
+}
+
+impl ProviderError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Transient,
+            status: None,
+            code: None,
+            message: message.into(),
+            retry_after: None,
+            recipient_opted_out: false,
+        }
+    }
+
+    /// The integration lacks something it needs. Not the message's fault, and
+    /// no retry fixes it.
+    pub fn misconfigured(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Permanent,
+            status: None,
+            code: Some("misconfigured".into()),
+            message: message.into(),
+            retry_after: None,
+            recipient_opted_out: false,
+        }
+    }
+
+    /// An HTTP error answer, classified by status alone: 408, 429 and 5xx can
+    /// succeed later; any other 4xx will not.
+    pub fn from_status(
+        status: u16,
+        code: Option<String>,
+        message: String,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let kind = if status == 408 || status == 429 || status >= 500 {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Permanent
+        };
+        Self {
+            kind,
+            status: Some(status),
+            code,
+            message,
+            retry_after,
+            recipient_opted_out: false,
+        }
+    }
+
+    pub fn is_retriable(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+
+    /// A short machine-readable label for metrics and events.
+    pub fn kind_label(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+        }
+    }
+
+    pub fn to_detail(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": self.kind_label(),
+            "http_status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "retry_after_ms": self.retry_after.map(|d| d.as_millis() as u64),
+        })
+    }
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(status) = self.status {
+            write!(f, "HTTP {status} ")?;
+        }
+        if let Some(code) = &self.code {
+            write!(f, "[{code}] ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ProviderError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classification() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(
+                ProviderError::from_status(s, None, String::new(), None).is_retriable(),
+                "{s}"
+            );
+        }
+        for s in [400, 401, 403, 404, 409, 422] {
+            assert!(
+                !ProviderError::from_status(s, None, String::new(), None).is_retriable(),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn display_carries_status_code_and_message() {
+        let e = ProviderError::from_status(400, Some("21211".into()), "Invalid 'To'".into(), None);
+        assert_eq!(e.to_string(), "HTTP 400 [21211] Invalid 'To'");
+    }
+}

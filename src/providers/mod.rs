@@ -1,0 +1,131 @@
+//! Provider adapters: one file per provider behind the small [`Provider`]
+//! trait, and the registry that maps a provider name to its adapter.
+//!
+//! An adapter turns a validated [`SendJob`] plus an integration's settings
+//! into exactly the request the provider's real API takes, and turns the
+//! answer into a provider message id or a classified [`ProviderError`]. It
+//! never retries, sleeps, logs secrets or touches the database: retry policy,
+//! metrics and recording belong to the worker.
+//!
+//! Adding a provider is one new file and one line in [`Registry::new`].
+
+mod error;
+mod http;
+mod resend;
+mod settings;
+mod simulation;
+mod twilio;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use error::{ErrorKind, ProviderError};
+pub use settings::{ProviderSettings, SettingSpec, SplitSettings, mask_secret, split_settings};
+pub use simulation::Simulation;
+
+use crate::config::ProviderUrls;
+use crate::domain::{Channel, SendJob};
+
+/// Everything an adapter needs for one send.
+#[derive(Debug)]
+pub struct SendRequest<'a> {
+    pub job: &'a SendJob,
+    pub settings: &'a ProviderSettings,
+    /// Where the provider should post delivery status, when switchboard has a
+    /// public URL (`SWITCHBOARD_PUBLIC_URL/webhooks/{provider}/{integration}`).
+    pub status_callback: Option<String>,
+    /// The job id: passed to providers that deduplicate on a key, so that a
+    /// resend after a crash is not delivered twice.
+    pub idempotency_key: String,
+}
+
+/// The provider took the message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    /// The provider's id for the message. `None` only when the provider said
+    /// yes but its answer could not be read: the message is still sent, and
+    /// must not be sent again.
+    pub provider_message_id: Option<String>,
+    /// Anything worth keeping from the answer (provider status, segments).
+    pub detail: serde_json::Value,
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// The name used in integrations and webhook URLs (`twilio`, `resend`).
+    fn name(&self) -> &'static str;
+
+    /// The settings keys this provider takes for `channel`; empty when the
+    /// provider does not serve that channel.
+    fn settings(&self, channel: Channel) -> &'static [SettingSpec];
+
+    /// Rules across keys that [`SettingSpec`] cannot express.
+    fn check_settings(
+        &self,
+        _channel: Channel,
+        _settings: &ProviderSettings,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Sends one message. One request, no retries.
+    async fn send(&self, request: &SendRequest<'_>) -> Result<Accepted, ProviderError>;
+
+    fn serves(&self, channel: Channel) -> bool {
+        !self.settings(channel).is_empty()
+    }
+}
+
+/// All adapters, by name.
+#[derive(Clone)]
+pub struct Registry {
+    providers: HashMap<&'static str, Arc<dyn Provider>>,
+}
+
+impl Registry {
+    pub fn new(http: reqwest::Client, urls: &ProviderUrls) -> Self {
+        let all: Vec<Arc<dyn Provider>> = vec![
+            Arc::new(Simulation::default()),
+            Arc::new(twilio::Twilio::new(http.clone(), &urls.twilio)),
+            Arc::new(resend::Resend::new(http.clone(), &urls.resend)),
+        ];
+        Self {
+            providers: all.into_iter().map(|p| (p.name(), p)).collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Provider>> {
+        self.providers.get(name).cloned()
+    }
+
+    pub fn simulation(&self) -> Arc<dyn Provider> {
+        self.get(simulation::NAME)
+            .expect("the simulation provider is always registered")
+    }
+
+    /// Provider names that serve a channel, for error messages.
+    pub fn names_for(&self, channel: Channel) -> Vec<&'static str> {
+        let mut names: Vec<_> = self
+            .providers
+            .values()
+            .filter(|p| p.serves(channel))
+            .map(|p| p.name())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// A shared HTTP client: one connection pool per provider host, reused by
+/// every job.
+pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))
+        .pool_max_idle_per_host(256)
+        .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the HTTP client configuration is static and valid")
+}

@@ -1,0 +1,183 @@
+//! Resend email: `POST /emails`, JSON, `Authorization: Bearer re_…`, `200`
+//! with `{"id": "…"}` (`../shared/providers.md` §1, and the official OpenAPI
+//! `resend.json`). Resend deduplicates on `Idempotency-Key` for 24 hours, so
+//! the job id sent there makes a resend after a crash harmless.
+
+use async_trait::async_trait;
+use serde_json::{Map, Value, json};
+
+use super::http::{Reply, execute};
+use super::{Accepted, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec};
+use crate::domain::{Channel, EmailAddress, metadata_pairs};
+
+const SETTINGS: &[SettingSpec] = &[
+    SettingSpec::secret("api_key"),
+    SettingSpec::required("from_email"),
+    SettingSpec::optional("from_name"),
+    SettingSpec::optional_secret("webhook_secret"),
+];
+
+pub struct Resend {
+    http: reqwest::Client,
+    base_url: String,
+}
+
+impl Resend {
+    pub fn new(http: reqwest::Client, base_url: &str) -> Self {
+        Self {
+            http,
+            base_url: base_url.to_string(),
+        }
+    }
+}
+
+/// `Name <address>` when a name is set. `from_email` may already be in that
+/// form (the platform's `EMAIL_FROM`), in which case it is used as it is.
+pub fn from_header(s: &ProviderSettings) -> Result<String, ProviderError> {
+    let email = s.require("from_email")?;
+    Ok(match s.get("from_name") {
+        Some(name) if !email.contains('<') => {
+            format!("{} <{email}>", name.replace(['<', '>', '"'], ""))
+        }
+        _ => email.to_string(),
+    })
+}
+
+/// Resend tag names and values may hold only ASCII letters, digits, `_` and
+/// `-` (at most 256 characters); anything else is replaced.
+fn tag_safe(s: &str) -> String {
+    s.chars()
+        .take(256)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
+    let job = request.job;
+    let mut b = Map::new();
+    b.insert("from".into(), from_header(request.settings)?.into());
+    b.insert("to".into(), json!([job.recipient.as_str()]));
+    if let Some(subject) = &job.content.subject {
+        b.insert("subject".into(), subject.clone().into());
+    }
+    match &job.content.template {
+        // A Resend template replaces html and text; they must not be sent with it.
+        Some(t) => {
+            let id = t
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ProviderError {
+                    code: Some("invalid_template".into()),
+                    ..ProviderError::misconfigured("a Resend template needs `template.id`")
+                })?;
+            let mut tpl = json!({"id": id});
+            if let Some(vars) = t.get("variables") {
+                tpl["variables"] = vars.clone();
+            }
+            b.insert("template".into(), tpl);
+        }
+        None => {
+            if let Some(html) = &job.content.html {
+                b.insert("html".into(), html.clone().into());
+            }
+            if let Some(text) = &job.content.text {
+                b.insert("text".into(), text.clone().into());
+            }
+        }
+    }
+    if let Some(reply_to) = job.content.reply_to.as_ref().map(EmailAddress::as_str) {
+        b.insert("reply_to".into(), reply_to.into());
+    }
+    let mut tags = vec![json!({"name": "switchboard_job_id", "value": job.id.to_string()})];
+    if let Some(c) = &job.campaign.campaign_id {
+        tags.push(json!({"name": "campaign_id", "value": tag_safe(c)}));
+    }
+    tags.extend(
+        metadata_pairs(&job.metadata)
+            .iter()
+            .map(|(k, v)| json!({"name": tag_safe(k), "value": tag_safe(v)})),
+    );
+    b.insert("tags".into(), tags.into());
+    Ok(Value::Object(b))
+}
+
+#[async_trait]
+impl Provider for Resend {
+    fn name(&self) -> &'static str {
+        "resend"
+    }
+
+    fn settings(&self, channel: Channel) -> &'static [SettingSpec] {
+        match channel {
+            Channel::Email => SETTINGS,
+            _ => &[],
+        }
+    }
+
+    async fn send(&self, request: &SendRequest<'_>) -> Result<Accepted, ProviderError> {
+        let api_key = request.settings.require("api_key")?;
+        let reply = execute(
+            self.http
+                .post(format!("{}/emails", self.base_url))
+                .bearer_auth(api_key)
+                .header("Idempotency-Key", &request.idempotency_key)
+                .json(&body(request)?),
+        )
+        .await?;
+        if reply.is_success() {
+            let id = reply
+                .json()
+                .and_then(|j| j.get("id").and_then(Value::as_str).map(str::to_string));
+            Ok(Accepted {
+                provider_message_id: id,
+                detail: json!({}),
+            })
+        } else {
+            Err(error(&reply))
+        }
+    }
+}
+
+/// Resend's errors: `{"statusCode": 422, "name": "validation_error", "message": "..."}`.
+fn error(reply: &Reply) -> ProviderError {
+    let json = reply.json();
+    let text = |k: &str| {
+        json.as_ref()
+            .and_then(|j| j.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    ProviderError::from_status(
+        reply.status,
+        text("name"),
+        text("message").unwrap_or_else(|| reply.body_snippet()),
+        reply.retry_after(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_made_safe() {
+        assert_eq!(tag_safe("listing id/7"), "listing_id_7");
+    }
+
+    #[test]
+    fn from_header_uses_the_name() {
+        let mut m = Map::new();
+        m.insert("from_email".into(), "jane@realty.test".into());
+        m.insert("from_name".into(), "Jane <Realty>".into());
+        assert_eq!(
+            from_header(&ProviderSettings::new(m)).unwrap(),
+            "Jane Realty <jane@realty.test>"
+        );
+    }
+}

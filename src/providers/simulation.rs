@@ -1,0 +1,42 @@
+//! The simulation provider: accepts every message without sending anything.
+//! Used in development and demos when `SWITCHBOARD_SIMULATE=true`, and only
+//! as the last fallback, so a real account always wins when one is set up.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Accepted, Provider, ProviderError, SendRequest, SettingSpec};
+use crate::domain::Channel;
+
+pub const NAME: &str = "simulation";
+
+// The simulation takes no settings, but it must say it serves every channel.
+const SETTINGS: &[SettingSpec] = &[SettingSpec::optional("note")];
+
+#[derive(Debug, Default)]
+pub struct Simulation {
+    /// Pretend the provider takes this long, to see concurrency at work.
+    pub latency: Duration,
+}
+
+#[async_trait]
+impl Provider for Simulation {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn settings(&self, _channel: Channel) -> &'static [SettingSpec] {
+        SETTINGS
+    }
+
+    async fn send(&self, request: &SendRequest<'_>) -> Result<Accepted, ProviderError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        Ok(Accepted {
+            provider_message_id: Some(format!("sim-{}", request.job.id)),
+            detail: serde_json::json!({"simulated": true}),
+        })
+    }
+}

@@ -1,0 +1,194 @@
+//! Route resolution: which provider account sends a job.
+//!
+//! The agent's active integration for the channel, else the platform's
+//! account from the environment, else the simulation (only when
+//! `SWITCHBOARD_SIMULATE=true`), else the job fails with `no_provider`. A
+//! message is never reported sent without a real route.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::config::PlatformAccounts;
+use crate::crypto::Keyring;
+use crate::domain::{Channel, Route, SendJob};
+use crate::integrations::{self, UnusableIntegration};
+use crate::providers::{Provider, ProviderSettings, Registry};
+use crate::store::integrations::IntegrationRow;
+
+/// The chosen provider account for one job.
+#[derive(Clone)]
+pub struct ResolvedRoute {
+    pub route: Route,
+    pub provider: Arc<dyn Provider>,
+    pub integration_id: Option<Uuid>,
+    pub settings: ProviderSettings,
+}
+
+impl std::fmt::Debug for ResolvedRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedRoute")
+            .field("route", &self.route)
+            .field("provider", &self.provider.name())
+            .field("integration_id", &self.integration_id)
+            .finish()
+    }
+}
+
+/// Why no account can send a job. Each is a permanent failure of the job.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(
+        "no provider is configured for {0} (no agent integration, no platform account, simulation off)"
+    )]
+    NoProvider(Channel),
+    #[error(
+        "integration {integration_id} names provider `{provider}`, which cannot send {channel}"
+    )]
+    UnsupportedProvider {
+        integration_id: Uuid,
+        provider: String,
+        channel: Channel,
+    },
+    #[error(transparent)]
+    Unusable(#[from] UnusableIntegration),
+}
+
+impl RouteError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            RouteError::NoProvider(_) => "no_provider",
+            RouteError::UnsupportedProvider { .. } => "unsupported_provider",
+            RouteError::Unusable(_) => "integration_unusable",
+        }
+    }
+}
+
+pub struct Router {
+    registry: Registry,
+    keyring: Option<Keyring>,
+    platform: HashMap<Channel, (&'static str, ProviderSettings)>,
+    simulate: bool,
+}
+
+impl Router {
+    pub fn new(
+        registry: Registry,
+        keyring: Option<Keyring>,
+        accounts: &PlatformAccounts,
+        simulate: bool,
+    ) -> Self {
+        Self {
+            platform: platform_accounts(accounts),
+            registry,
+            keyring,
+            simulate,
+        }
+    }
+
+    /// Channels the platform itself has an account for.
+    pub fn platform_channels(&self) -> Vec<Channel> {
+        let mut c: Vec<_> = self.platform.keys().copied().collect();
+        c.sort_by_key(|c| c.as_str());
+        c
+    }
+
+    /// Picks the account for `job`, given the agent's active integration
+    /// for the channel as read with the claim.
+    pub fn resolve(
+        &self,
+        job: &SendJob,
+        own: Option<IntegrationRow>,
+    ) -> Result<ResolvedRoute, RouteError> {
+        let own = integrations::activate(self.keyring.as_ref(), own)?;
+        if let Some(own) = own {
+            let provider = match self
+                .registry
+                .get(&own.provider)
+                .filter(|p| p.serves(job.channel))
+            {
+                Some(p) => p,
+                None => {
+                    return Err(RouteError::UnsupportedProvider {
+                        integration_id: own.id,
+                        provider: own.provider,
+                        channel: job.channel,
+                    });
+                }
+            };
+            return Ok(ResolvedRoute {
+                route: Route::Agent,
+                provider,
+                integration_id: Some(own.id),
+                settings: own.settings,
+            });
+        }
+        if let Some((name, settings)) = self.platform.get(&job.channel)
+            && let Some(provider) = self.registry.get(name)
+        {
+            return Ok(ResolvedRoute {
+                route: Route::Platform,
+                provider,
+                integration_id: None,
+                settings: settings.clone(),
+            });
+        }
+        if self.simulate {
+            return Ok(ResolvedRoute {
+                route: Route::Simulation,
+                provider: self.registry.simulation(),
+                integration_id: None,
+                settings: ProviderSettings::default(),
+            });
+        }
+        Err(RouteError::NoProvider(job.channel))
+    }
+}
+
+/// The platform's accounts, in the same settings vocabulary as integrations,
+/// for the channels the environment fully configures.
+fn platform_accounts(a: &PlatformAccounts) -> HashMap<Channel, (&'static str, ProviderSettings)> {
+    let mut routes = HashMap::new();
+    let settings = |pairs: Vec<(&str, Option<String>)>| {
+        let map: Map<String, Value> = pairs
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), Value::String(v))))
+            .collect();
+        ProviderSettings::new(map)
+    };
+    if let (Some(key), Some(from)) = (&a.resend_api_key, &a.email_from) {
+        routes.insert(
+            Channel::Email,
+            (
+                "resend",
+                settings(vec![
+                    ("api_key", Some(key.expose_secret().to_string())),
+                    ("from_email", Some(from.clone())),
+                ]),
+            ),
+        );
+    }
+    if let (Some(sid), Some(token)) = (&a.twilio_account_sid, &a.twilio_auth_token)
+        && (a.twilio_phone_number.is_some() || a.twilio_messaging_service_sid.is_some())
+    {
+        routes.insert(
+            Channel::Sms,
+            (
+                "twilio",
+                settings(vec![
+                    ("account_sid", Some(sid.clone())),
+                    ("auth_token", Some(token.expose_secret().to_string())),
+                    ("phone_number", a.twilio_phone_number.clone()),
+                    (
+                        "messaging_service_sid",
+                        a.twilio_messaging_service_sid.clone(),
+                    ),
+                ]),
+            ),
+        );
+    }
+    routes
+}

@@ -1,0 +1,178 @@
+//! `integrations`: an agent's own provider account per channel.
+//!
+//! Rows hold non-secret config in `config` and the encrypted secrets in
+//! `secrets_ciphertext`. This module never sees plaintext secrets: the caller
+//! encrypts (bound to the row's id) before writing and decrypts after reading.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::domain::Channel;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntegrationRow {
+    pub id: Uuid,
+    pub agent_id: String,
+    pub channel: String,
+    pub provider: String,
+    pub config: serde_json::Value,
+    /// `(key id, nonce || ciphertext)`
+    pub secrets: Option<(String, Vec<u8>)>,
+    pub active: bool,
+    pub verification_status: String,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, agent_id, channel, provider, config, secrets_key_id, secrets_ciphertext,
+                       active, verification_status, last_error, created_at, updated_at";
+
+fn from_row(r: &tokio_postgres::Row) -> IntegrationRow {
+    from_row_at(r, 0).expect("the row has an integration")
+}
+
+/// Reads [`COLUMNS`] starting at column `at`; `None` when they are NULL
+/// (an outer join that found no integration).
+pub fn from_row_at(r: &tokio_postgres::Row, at: usize) -> Option<IntegrationRow> {
+    let id: Option<Uuid> = r.get(at);
+    let key_id: Option<String> = r.get(at + 5);
+    let blob: Option<Vec<u8>> = r.get(at + 6);
+    Some(IntegrationRow {
+        id: id?,
+        agent_id: r.get(at + 1),
+        channel: r.get(at + 2),
+        provider: r.get(at + 3),
+        config: r.get(at + 4),
+        secrets: key_id.zip(blob),
+        active: r.get(at + 7),
+        verification_status: r.get(at + 8),
+        last_error: r.get(at + 9),
+        created_at: r.get(at + 10),
+        updated_at: r.get(at + 11),
+    })
+}
+
+/// Connects (or replaces) the agent's integration for a channel. The row's
+/// id is decided first, under a per-(agent, channel) lock, because the
+/// secrets are encrypted bound to it. A replaced integration keeps its id, so
+/// webhook URLs given to the provider stay valid.
+pub async fn upsert(
+    client: &mut deadpool_postgres::Client,
+    agent_id: &str,
+    channel: Channel,
+    provider: &str,
+    config: &serde_json::Value,
+    encrypt: impl FnOnce(Uuid) -> Option<(String, Vec<u8>)>,
+) -> Result<Uuid, StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))",
+        &[&agent_id, &channel.as_str()],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO agents (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+        &[&agent_id],
+    )
+    .await?;
+    let existing = tx
+        .query_opt(
+            "SELECT id FROM integrations WHERE agent_id = $1 AND channel = $2",
+            &[&agent_id, &channel.as_str()],
+        )
+        .await?;
+    let id: Uuid = existing.map(|r| r.get(0)).unwrap_or_else(Uuid::new_v4);
+    let (key_id, blob) = encrypt(id).unzip();
+    tx.execute(
+        "INSERT INTO integrations
+             (id, agent_id, channel, provider, config, secrets_key_id, secrets_ciphertext)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (agent_id, channel) DO UPDATE
+            SET provider = EXCLUDED.provider, config = EXCLUDED.config,
+                secrets_key_id = EXCLUDED.secrets_key_id,
+                secrets_ciphertext = EXCLUDED.secrets_ciphertext,
+                active = true, verification_status = 'unverified', last_error = NULL,
+                verified_at = NULL, updated_at = now()",
+        &[
+            &id,
+            &agent_id,
+            &channel.as_str(),
+            &provider,
+            config,
+            &key_id,
+            &blob,
+        ],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+pub async fn get(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<IntegrationRow>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM integrations WHERE id = $1");
+    let row = client.query_opt(&sql, &[&id]).await?;
+    Ok(row.as_ref().map(from_row))
+}
+
+pub async fn list(
+    client: &impl GenericClient,
+    agent_id: &str,
+) -> Result<Vec<IntegrationRow>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM integrations WHERE agent_id = $1 ORDER BY channel");
+    let rows = client.query(&sql, &[&agent_id]).await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// Enables or disables; returns false when the agent has no such integration.
+pub async fn set_active(
+    client: &impl GenericClient,
+    agent_id: &str,
+    channel: Channel,
+    active: bool,
+) -> Result<bool, StoreError> {
+    let n = client
+        .execute(
+            "UPDATE integrations SET active = $3, updated_at = now()
+              WHERE agent_id = $1 AND channel = $2",
+            &[&agent_id, &channel.as_str(), &active],
+        )
+        .await?;
+    Ok(n > 0)
+}
+
+/// Removes the integration (and its secrets); returns false when absent.
+pub async fn delete(
+    client: &impl GenericClient,
+    agent_id: &str,
+    channel: Channel,
+) -> Result<bool, StoreError> {
+    let n = client
+        .execute(
+            "DELETE FROM integrations WHERE agent_id = $1 AND channel = $2",
+            &[&agent_id, &channel.as_str()],
+        )
+        .await?;
+    Ok(n > 0)
+}
+
+/// Remembers why sending through an integration failed for a reason that
+/// is the account's, not the message's (bad credentials, unreadable secrets).
+pub async fn set_last_error(
+    client: &impl GenericClient,
+    id: Uuid,
+    error: &str,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE integrations SET last_error = $2, updated_at = now() WHERE id = $1",
+            &[&id, &error],
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! `scheduled_jobs`: jobs parked until a time (send_at, quiet hours, a
+//! quota, a provider's long Retry-After, an open circuit), and the
+//! scheduler's take-publish-delete cycle.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::StoreError;
+use super::messages::{CLAIMABLE, EventRow};
+use crate::domain::SendJob;
+
+/// Where and why a job is parked.
+#[derive(Debug)]
+pub struct Parking<'a> {
+    pub due_at: DateTime<Utc>,
+    /// `scheduled` (send_at) or `deferred` (everything else).
+    pub status: &'static str,
+    pub reason: &'a str,
+    /// Provider calls made by this delivery before parking.
+    pub attempts: i32,
+    pub last_error: Option<&'a str>,
+    pub events: &'a [EventRow],
+}
+
+/// Parks a claimed job until it is due, sets the message's status and
+/// appends the events, in one statement. The caller acks after this returns.
+pub async fn park(
+    client: &impl GenericClient,
+    job: &SendJob,
+    p: &Parking<'_>,
+) -> Result<(), StoreError> {
+    const SQL: &str = "
+        WITH s AS (
+            INSERT INTO scheduled_jobs (id, agent_id, channel, job, due_at, reason)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (id) DO UPDATE
+                SET job = EXCLUDED.job, due_at = EXCLUDED.due_at,
+                    reason = EXCLUDED.reason, updated_at = now()
+        ), m AS (
+            UPDATE outbound_messages
+               SET status = $7, attempts = attempts + $8,
+                   last_error = COALESCE($9, last_error),
+                   lease_until = NULL, updated_at = now()
+             WHERE id = $1 AND status = ANY($11)
+            RETURNING id, agent_id, channel
+        )
+        INSERT INTO outbound_events (message_id, agent_id, channel, event, detail)
+        SELECT m.id, m.agent_id, m.channel, e.event, e.detail
+          FROM m, jsonb_to_recordset($10::jsonb) AS e(event text, detail jsonb)";
+    let events: serde_json::Value = p
+        .events
+        .iter()
+        .map(|e| json!({"event": e.event, "detail": e.detail}))
+        .collect();
+    let statement = client.prepare_cached(SQL).await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &job.id,
+                &job.agent_id,
+                &job.channel.as_str(),
+                &job.to_wire(),
+                &p.due_at,
+                &p.reason,
+                &p.status,
+                &p.attempts,
+                &p.last_error,
+                &events,
+                &&CLAIMABLE[..],
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A parked job that is due.
+#[derive(Debug, Clone)]
+pub struct DueJob {
+    pub id: Uuid,
+    pub agent_id: String,
+    pub job: serde_json::Value,
+}
+
+/// Locks up to `limit` due jobs inside the caller's transaction. Rows locked
+/// by another worker's scheduler are skipped, so two schedulers never
+/// publish the same job.
+pub async fn lock_due(
+    tx: &deadpool_postgres::Transaction<'_>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<DueJob>, StoreError> {
+    let rows = tx
+        .query(
+            "SELECT id, agent_id, job FROM scheduled_jobs
+              WHERE due_at <= $1 ORDER BY due_at LIMIT $2
+              FOR UPDATE SKIP LOCKED",
+            &[&now, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| DueJob {
+            id: r.get(0),
+            agent_id: r.get(1),
+            job: r.get(2),
+        })
+        .collect())
+}
+
+pub async fn delete(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ids: &[Uuid],
+) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM scheduled_jobs WHERE id = ANY($1)", &[&ids])
+        .await?;
+    Ok(())
+}
+
+/// Which parked sequence steps to cancel; `None` matches anything.
+#[derive(Debug, Default)]
+pub struct StepFilter<'a> {
+    pub agent_id: Option<&'a str>,
+    pub channel: Option<&'a str>,
+    pub sequence_id: Option<&'a str>,
+    pub recipient: Option<&'a str>,
+}
+
+/// Cancels parked jobs that belong to a sequence and match `filter`: their
+/// rows leave `scheduled_jobs`, their messages become `cancelled` with an
+/// event carrying `detail`. Returns how many.
+pub async fn cancel_steps(
+    client: &impl GenericClient,
+    filter: &StepFilter<'_>,
+    detail: &serde_json::Value,
+) -> Result<u64, StoreError> {
+    const SQL: &str = "
+        WITH d AS (
+            DELETE FROM scheduled_jobs
+             WHERE job ? 'sequence_id'
+               AND ($1::text IS NULL OR agent_id = $1)
+               AND ($2::text IS NULL OR channel = $2)
+               AND ($3::text IS NULL OR job->>'sequence_id' = $3)
+               AND ($4::text IS NULL OR job->>'to' = $4)
+            RETURNING id
+        ), m AS (
+            UPDATE outbound_messages
+               SET status = 'cancelled', lease_until = NULL, updated_at = now()
+             WHERE id IN (SELECT id FROM d) AND status = ANY($6)
+            RETURNING id, agent_id, channel
+        )
+        INSERT INTO outbound_events (message_id, agent_id, channel, event, detail)
+        SELECT id, agent_id, channel, 'cancelled', $5 FROM m";
+    Ok(client
+        .execute(
+            SQL,
+            &[
+                &filter.agent_id,
+                &filter.channel,
+                &filter.sequence_id,
+                &filter.recipient,
+                detail,
+                &&CLAIMABLE[..],
+            ],
+        )
+        .await?)
+}
+
+/// Cancels a sequence for one recipient (or all): the parked steps now, and
+/// (through `sequence_cancellations`) the steps still in the queue when they
+/// are consumed. Returns how many parked jobs were cancelled.
+pub async fn cancel_sequence(
+    client: &mut deadpool_postgres::Client,
+    agent_id: &str,
+    sequence_id: &str,
+    recipient: Option<&str>,
+    reason: &str,
+) -> Result<u64, StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO sequence_cancellations (agent_id, sequence_id, recipient, reason)
+         VALUES ($1, $2, COALESCE($3, ''), $4) ON CONFLICT DO NOTHING",
+        &[&agent_id, &sequence_id, &recipient, &reason],
+    )
+    .await?;
+    let filter = StepFilter {
+        agent_id: Some(agent_id),
+        sequence_id: Some(sequence_id),
+        recipient,
+        ..Default::default()
+    };
+    let detail = json!({"reason": reason, "sequence_id": sequence_id});
+    let n = cancel_steps(&tx, &filter, &detail).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Drops counters of windows long past (called by the scheduler now and then).
+pub async fn prune_counters(
+    client: &impl GenericClient,
+    before: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "DELETE FROM rate_counters WHERE window_start < $1",
+            &[&before],
+        )
+        .await?)
+}

@@ -1,0 +1,197 @@
+//! The RabbitMQ side of the worker: connect, declare, consume with manual
+//! acks and a prefetch window, run each delivery in its own task, reconnect
+//! with backoff when the connection is lost, and drain on shutdown.
+//!
+//! Concurrency is bounded by the prefetch count: RabbitMQ never hands this
+//! consumer more unacked deliveries than that, so at most `prefetch` jobs are
+//! in flight, and a slow provider never stops other jobs from starting.
+//! This module never decides a job's fate; it applies [`broker_action`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::{BrokerAction, WorkerContext, broker_action, process};
+use crate::amqp;
+
+/// Runs until `shutdown` is cancelled, reconnecting whenever RabbitMQ goes
+/// away. Never returns an error: an outage is waited out, not reported by
+/// exiting.
+pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
+    let scheduler = tokio::spawn(super::scheduler::run(ctx.clone(), shutdown.clone()));
+    consume_until_shutdown(&ctx, &shutdown).await;
+    let _ = scheduler.await;
+    tracing::info!("worker stopped");
+}
+
+async fn consume_until_shutdown(ctx: &Arc<WorkerContext>, shutdown: &CancellationToken) {
+    let new_backoff = || {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = new_backoff();
+    while !shutdown.is_cancelled() {
+        match consume(ctx, shutdown).await {
+            Ok(Session::ShutDown) => break,
+            Ok(Session::Lost(reason)) => {
+                // It was up: start the next wait from the shortest delay.
+                backoff = new_backoff();
+                tracing::warn!(%reason, "lost the RabbitMQ connection; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reach RabbitMQ; retrying"),
+        }
+        ctx.metrics.amqp_connected.set(0);
+        let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}
+
+enum Session {
+    ShutDown,
+    Lost(String),
+}
+
+async fn consume(ctx: &Arc<WorkerContext>, shutdown: &CancellationToken) -> lapin::Result<Session> {
+    let conn = amqp::connect(&ctx.settings.amqp_url, "switchboard-worker").await?;
+    amqp::declare_topology(&conn).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
+        .await?;
+    // Dead letters are published with confirms on their own channel, so a
+    // dead-lettered job is acked only once the broker holds its copy.
+    let dead_letters = amqp::confirm_channel(&conn).await?;
+    let mut consumer = channel
+        .basic_consume(
+            amqp::SEND_QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    ctx.metrics.amqp_connected.set(1);
+    ctx.metrics.amqp_connects.inc();
+    tracing::info!(
+        prefetch = ctx.settings.prefetch,
+        queue = amqp::SEND_QUEUE,
+        "consuming"
+    );
+
+    let tasks = TaskTracker::new();
+    let session = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Session::ShutDown,
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let ctx = ctx.clone();
+                    let dead_letters = dead_letters.clone();
+                    let shutdown = shutdown.clone();
+                    tasks.spawn(async move { handle(&ctx, delivery, &dead_letters, &shutdown).await });
+                }
+                Some(Err(e)) => break Session::Lost(e.to_string()),
+                None => break Session::Lost("consumer stream ended".into()),
+            },
+        }
+    };
+    tasks.close();
+
+    if let Session::ShutDown = session {
+        // Take no new deliveries, let the ones in hand finish (bounded), then
+        // close: whatever is still unacked goes back to the queue.
+        let _ = channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await;
+        let grace = ctx.settings.shutdown_grace;
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "in-flight jobs did not finish in time; they stay unacked and will be redelivered"
+            );
+        }
+        let _ = channel.close(200, "shutting down".into()).await;
+        let _ = conn.close(200, "shutting down".into()).await;
+    }
+    // On a lost connection the tasks in hand keep going: they record their
+    // outcomes in Postgres, their acks fail, and the redelivered copies find
+    // the recorded outcome and are acked without sending again.
+    Ok(session)
+}
+
+async fn handle(
+    ctx: &WorkerContext,
+    delivery: Delivery,
+    dead_letters: &lapin::Channel,
+    shutdown: &CancellationToken,
+) {
+    ctx.metrics.jobs_consumed.inc();
+    ctx.metrics.jobs_in_flight.inc();
+    let span = tracing::info_span!(
+        "job",
+        job_id = tracing::field::Empty,
+        agent_id = tracing::field::Empty,
+        channel = tracing::field::Empty,
+        redelivered = delivery.redelivered,
+    );
+    async {
+        let outcome = process(ctx, &delivery.data, shutdown).await;
+        if let Some(ts) = delivery.properties.timestamp() {
+            let age = chrono::Utc::now().timestamp() - *ts as i64;
+            if age >= 0 {
+                ctx.metrics.job_latency.observe(age as f64);
+            }
+        }
+        match broker_action(&outcome) {
+            BrokerAction::Ack => ack(&delivery).await,
+            BrokerAction::DeadLetter(reason) => {
+                match amqp::dead_letter(dead_letters, &delivery.data, &delivery.properties, &reason)
+                    .await
+                {
+                    Ok(()) => ack(&delivery).await,
+                    Err(e) => {
+                        // Not acked, so not lost: requeue and try again.
+                        tracing::warn!(error = %e, "could not dead-letter; requeueing");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let _ = amqp::bounded(delivery.nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        }))
+                        .await;
+                    }
+                }
+            }
+            BrokerAction::LeaveUnacked => {
+                tracing::info!(
+                    "shutting down before the outcome was recorded; leaving the job for redelivery"
+                );
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    ctx.metrics.jobs_in_flight.dec();
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = amqp::bounded(delivery.ack(BasicAckOptions::default())).await {
+        // The outcome is recorded; the redelivered copy will be acked as a
+        // duplicate without sending.
+        tracing::warn!(error = %e, "ack failed after the outcome was recorded");
+    }
+}

@@ -1,0 +1,817 @@
+//! One job's path: parse → claim → route → send with retries → record.
+//!
+//! Crash safety, line by line:
+//! - before the claim commits: nothing is recorded; the unacked delivery is
+//!   redelivered and starts over;
+//! - after the claim, before the provider call: the row is `queued` with a
+//!   lease; a redelivered copy waits for the lease to lapse, then sends;
+//! - after the provider accepted, before the outcome commits: the one window
+//!   where a redelivery sends again. Resend dedups on the job id; Twilio
+//!   cannot (README, "Delivery guarantees");
+//! - after the outcome commits, before the ack: the redelivered copy finds a
+//!   terminal status and is acked without calling anyone.
+//!
+//! Database errors on this path are waited out (with backoff) rather than
+//! turned into failures: a job must not be marked failed, nor acked, because
+//! Postgres blinked.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::WorkerContext;
+use crate::domain::{Route, SendJob};
+use crate::policy::circuit::{Gate, Transition};
+use crate::policy::{self, AgentPolicy, Hold};
+use crate::providers::{Accepted, ProviderError, SendRequest};
+use crate::routing::{ResolvedRoute, RouteError};
+use crate::store::StoreError;
+use crate::store::messages::{self, Claim, Claimed, EventRow};
+use crate::store::quotas::{self, Window};
+use crate::store::scheduled;
+
+/// How one delivery of a job ended. Each maps to one broker action
+/// ([`super::broker_action`]) and one recorded status.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Recorded `sent`.
+    Sent,
+    /// Recorded `failed`. Jobs that failed only because retries ran out are
+    /// also dead-lettered, so an operator can replay them.
+    Failed { dead_letter: bool, reason: String },
+    /// Not a valid job: recorded `rejected` when its id was readable.
+    Rejected { reason: String },
+    /// The job already had an outcome; nothing was done.
+    Duplicate,
+    /// Recorded `suppressed`: the recipient opted out.
+    Suppressed,
+    /// Recorded `cancelled`: its sequence was cancelled.
+    Cancelled,
+    /// Parked in `scheduled_jobs` until this time (`scheduled` or `deferred`).
+    Deferred { until: DateTime<Utc> },
+    /// The database refused the write for a reason retrying cannot fix (a
+    /// bug or a schema mismatch): dead-lettered so nothing is lost.
+    Unrecordable { reason: String },
+    /// Shutdown came first; nothing new was recorded.
+    Abandoned,
+}
+
+/// Why a step stopped early.
+enum Stop {
+    Shutdown,
+    Store(StoreError),
+}
+
+/// Processes one delivery body to a recorded outcome.
+pub async fn process(ctx: &WorkerContext, body: &[u8], shutdown: &CancellationToken) -> Outcome {
+    match process_inner(ctx, body, shutdown).await {
+        Ok(outcome) => outcome,
+        Err(Stop::Shutdown) => Outcome::Abandoned,
+        Err(Stop::Store(e)) => {
+            tracing::error!(error = %e, "database refused a write; dead-lettering the job");
+            Outcome::Unrecordable {
+                reason: format!("internal: could not record the outcome: {e}"),
+            }
+        }
+    }
+}
+
+async fn process_inner(
+    ctx: &WorkerContext,
+    body: &[u8],
+    shutdown: &CancellationToken,
+) -> Result<Outcome, Stop> {
+    let span = tracing::Span::current();
+    let job = match SendJob::parse(body) {
+        Ok(job) => job,
+        Err(rejection) => {
+            tracing::warn!(reason = %rejection.reason, "rejected job");
+            if let Some(id) = rejection.id {
+                span.record("job_id", tracing::field::display(id));
+                let rejection = &rejection;
+                with_db(ctx, shutdown, |c| async move {
+                    messages::record_rejection(&c, id, rejection).await
+                })
+                .await?;
+            }
+            ctx.metrics.message_outcome(
+                rejection.channel.map(|c| c.as_str()).unwrap_or(""),
+                "",
+                "",
+                "rejected",
+            );
+            return Ok(Outcome::Rejected {
+                reason: format!("rejected: {}", rejection.reason),
+            });
+        }
+    };
+    span.record("job_id", tracing::field::display(job.id));
+    span.record("agent_id", tracing::field::display(&job.agent_id));
+    span.record("channel", job.channel.as_str());
+
+    let claimed = match claim(ctx, &job, shutdown).await? {
+        Some(claimed) => claimed,
+        None => {
+            ctx.metrics
+                .message_outcome(job.channel.as_str(), "", "", "duplicate");
+            return Ok(Outcome::Duplicate);
+        }
+    };
+    let prior_attempts = claimed.attempts;
+
+    let agent = AgentPolicy::from_row(claimed.agent.as_ref());
+    let now = ctx.clock.now();
+    if let Some(hold) = policy::hold(
+        &job,
+        &agent,
+        &claimed.opt_outs,
+        claimed.sequence_cancelled,
+        now,
+    ) {
+        return apply_hold(ctx, &job, hold, shutdown).await;
+    }
+
+    let route = match ctx.router.resolve(&job, claimed.integration) {
+        Ok(route) => route,
+        Err(e) => return record_unroutable(ctx, &job, e, shutdown).await,
+    };
+
+    if let Some(park) = check_limits(ctx, &job, &agent, &route, shutdown).await? {
+        return park_job(
+            ctx,
+            &job,
+            Some(&route),
+            park,
+            Attempted::default(),
+            shutdown,
+        )
+        .await;
+    }
+
+    let mut delivery = send_with_retries(ctx, &job, &route, prior_attempts, shutdown).await?;
+    if let Some(park) = delivery.park.take() {
+        let attempted = Attempted {
+            attempts: delivery.attempts,
+            last_error: delivery.result.as_ref().err().map(|e| e.to_string()),
+            events: delivery.events,
+        };
+        return park_job(ctx, &job, Some(&route), park, attempted, shutdown).await;
+    }
+    record_delivery(ctx, &job, &route, delivery, shutdown).await
+}
+
+/// Claims the job; `None` when it already has an outcome. When another
+/// worker holds the lease (a redelivery while the first copy is still being
+/// sent, or after that worker died), waits until it finishes or the lease
+/// lapses.
+async fn claim(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    shutdown: &CancellationToken,
+) -> Result<Option<Claimed>, Stop> {
+    let row = messages::ClaimRow::new(job);
+    loop {
+        let row = &row;
+        let claim = retry_db(ctx, shutdown, || ctx.claims.call(row.clone())).await?;
+        match claim {
+            Claim::Owned(claimed) => {
+                if !claimed.first_delivery {
+                    tracing::debug!(
+                        prior_attempts = claimed.attempts,
+                        "claimed a job that was seen before (due, redelivered or taken over)"
+                    );
+                }
+                return Ok(Some(*claimed));
+            }
+            Claim::Finished { status } => {
+                tracing::info!(%status, "job already has an outcome; acking without sending");
+                return Ok(None);
+            }
+            Claim::Leased { until } => {
+                let wait = (until - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .clamp(Duration::from_millis(200), Duration::from_secs(2));
+                tracing::debug!(?wait, "job is leased by another delivery; waiting");
+                sleep_or_shutdown(wait, shutdown).await?;
+            }
+        }
+    }
+}
+
+/// The result of the provider calls for one delivery.
+struct Delivery {
+    result: Result<Accepted, ProviderError>,
+    /// Calls made by this delivery.
+    attempts: i32,
+    /// Calls made before, by deliveries that died or were parked.
+    prior_attempts: i32,
+    exhausted: bool,
+    /// Stop retrying here and park the job: a long Retry-After, or the
+    /// account's circuit opened.
+    park: Option<Park>,
+    events: Vec<EventRow>,
+    /// Policy time of the last provider call, which rate limits were judged by.
+    called_at: Option<DateTime<Utc>>,
+}
+
+/// A job to put back in `scheduled_jobs`.
+#[derive(Debug, Clone)]
+struct Park {
+    until: DateTime<Utc>,
+    /// `scheduled` or `deferred`.
+    status: &'static str,
+    /// `send_at`, `quiet_hours`, `rate_limit`, `quota`, `retry_after`, `circuit_open`.
+    reason: &'static str,
+    detail: serde_json::Value,
+}
+
+impl Park {
+    fn deferred(until: DateTime<Utc>, reason: &'static str, detail: serde_json::Value) -> Self {
+        Self {
+            until,
+            status: "deferred",
+            reason,
+            detail,
+        }
+    }
+}
+
+/// The circuit-breaker key of the account a route sends through.
+fn account_key(route: &ResolvedRoute) -> Option<String> {
+    match (route.route, route.integration_id) {
+        (Route::Simulation, _) => None,
+        (_, Some(id)) => Some(format!("integration:{id}")),
+        (_, None) => Some(format!("platform:{}", route.provider.name())),
+    }
+}
+
+/// A failure that says the account is down or broken (not that it is
+/// rate-limiting us or refusing this one message).
+fn looks_down(error: &ProviderError) -> bool {
+    error.is_retriable() && error.status.is_none_or(|s| s >= 500)
+}
+
+async fn send_with_retries(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    route: &ResolvedRoute,
+    prior_attempts: i32,
+    shutdown: &CancellationToken,
+) -> Result<Delivery, Stop> {
+    let s = &ctx.settings;
+    let provider = route.provider.name();
+    let request = SendRequest {
+        job,
+        settings: &route.settings,
+        status_callback: s
+            .public_url
+            .as_ref()
+            .filter(|_| route.route != Route::Simulation)
+            .map(|base| {
+                let owner = route
+                    .integration_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_else(|| "platform".into());
+                format!("{base}/webhooks/{provider}/{owner}")
+            }),
+        idempotency_key: job.id.to_string(),
+    };
+    let circuit = account_key(route);
+    // Attempts already made by earlier deliveries count against the budget,
+    // so a job that crashes workers cannot be retried forever.
+    let budget = (s.max_attempts as i32 - prior_attempts).max(1) as usize;
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(s.retry_base)
+        .with_max_delay(s.retry_max)
+        .with_jitter()
+        .with_max_times(budget - 1)
+        .build();
+    let mut delivery = Delivery {
+        result: Err(ProviderError::transient("not attempted")),
+        attempts: 0,
+        prior_attempts,
+        exhausted: false,
+        park: None,
+        events: Vec::new(),
+        called_at: None,
+    };
+    loop {
+        if let Some(key) = &circuit
+            && let Gate::Blocked(until) = ctx.circuits.gate(key)
+        {
+            delivery.park = Some(Park::deferred(
+                until,
+                "circuit_open",
+                json!({"provider": provider, "integration_id": route.integration_id}),
+            ));
+            return Ok(delivery);
+        }
+        delivery.attempts += 1;
+        delivery.called_at = Some(ctx.clock.now());
+        let started = Instant::now();
+        let result = route.provider.send(&request).await;
+        let label = match &result {
+            Ok(_) => "success",
+            Err(e) => e.kind_label(),
+        };
+        ctx.metrics
+            .provider_request_duration
+            .with_label_values(&[provider, label])
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(key) = &circuit {
+            let down = result.as_ref().err().is_some_and(looks_down);
+            if let Some(t) = ctx.circuits.record(key, down) {
+                record_circuit(ctx, job, route, t, shutdown).await?;
+            }
+        }
+        let error = match result {
+            Err(e) if e.is_retriable() => e,
+            result => {
+                delivery.result = result;
+                return Ok(delivery);
+            }
+        };
+        let mut detail = error.to_detail();
+        detail["attempt"] = json!(prior_attempts + delivery.attempts);
+        // A provider that asks for a long wait gets it without this job
+        // holding a prefetch slot meanwhile.
+        if let Some(wait) = error.retry_after.filter(|w| *w > s.retry_park_after)
+            && delivery.attempts < budget as i32
+        {
+            let until = ctx.clock.now() + chrono::Duration::from_std(wait).unwrap_or_default();
+            delivery.events.push(EventRow {
+                event: "attempt_failed",
+                detail,
+            });
+            delivery.result = Err(error);
+            delivery.park = Some(Park::deferred(
+                until,
+                "retry_after",
+                json!({"provider": provider, "retry_after_ms": wait.as_millis() as u64}),
+            ));
+            return Ok(delivery);
+        }
+        let Some(delay) = backoff.next() else {
+            tracing::warn!(error = %error, attempts = delivery.attempts, "transient failures used every attempt");
+            delivery.result = Err(error);
+            delivery.exhausted = true;
+            return Ok(delivery);
+        };
+        let delay = delay
+            .max(error.retry_after.unwrap_or_default())
+            .min(s.retry_max);
+        tracing::info!(error = %error, attempt = delivery.attempts, ?delay, "transient provider failure; retrying");
+        detail["retry_in_ms"] = json!(delay.as_millis() as u64);
+        delivery.events.push(EventRow {
+            event: "attempt_failed",
+            detail,
+        });
+        sleep_or_shutdown(delay, shutdown).await?;
+    }
+}
+
+/// Records a circuit opening or closing as an event of the account (no
+/// message) and in the metrics.
+async fn record_circuit(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    route: &ResolvedRoute,
+    transition: Transition,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
+    let provider = route.provider.name();
+    let (event, detail) = match transition {
+        Transition::Opened { until, failures } => {
+            tracing::warn!(provider, integration_id = ?route.integration_id, %until, "circuit opened: the account keeps failing");
+            (
+                "circuit_opened",
+                json!({"until": until, "consecutive_failures": failures}),
+            )
+        }
+        Transition::Closed => {
+            tracing::info!(provider, integration_id = ?route.integration_id, "circuit closed: the account answers again");
+            ("circuit_closed", json!({}))
+        }
+    };
+    ctx.metrics
+        .circuit_transitions
+        .with_label_values(&[provider, event])
+        .inc();
+    let mut detail = detail;
+    detail["integration_id"] = json!(route.integration_id);
+    detail["route"] = json!(route.route.as_str());
+    let detail = &detail;
+    with_db(ctx, shutdown, |c| async move {
+        messages::record_account_event(
+            &c,
+            Some(&job.agent_id),
+            job.channel,
+            event,
+            provider,
+            detail,
+        )
+        .await
+    })
+    .await
+}
+
+/// Applies the agent's and the account's limits: per-second limits wait in
+/// memory when the wait is short; longer waits and exhausted hour / day
+/// quotas park the job until its turn.
+async fn check_limits(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    agent: &AgentPolicy,
+    route: &ResolvedRoute,
+    shutdown: &CancellationToken,
+) -> Result<Option<Park>, Stop> {
+    let mut keys = Vec::new();
+    if let Some(limit) = agent.limits.get(&job.channel) {
+        keys.push((format!("agent:{}:{}", job.agent_id, job.channel), *limit));
+    }
+    if let Some(id) = route.integration_id {
+        let limit = policy::RateLimit::from_json(route.settings.value("rate_limit"));
+        if !limit.is_empty() {
+            keys.push((format!("integration:{id}"), limit));
+        }
+    }
+    for (key, limit) in &keys {
+        if let Some(per_second) = limit.per_second {
+            let acquired = tokio::select! {
+                r = ctx.limits.acquire(key, per_second) => r,
+                _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+            };
+            if let Err(until) = acquired {
+                return Ok(Some(Park::deferred(
+                    until,
+                    "rate_limit",
+                    json!({"key": key, "per_second": per_second.get()}),
+                )));
+            }
+        }
+    }
+    let quotas: Vec<(String, Window, u32)> = keys
+        .iter()
+        .flat_map(|(key, limit)| {
+            [
+                limit.per_hour.map(|n| (key.clone(), Window::Hour, n.get())),
+                limit.per_day.map(|n| (key.clone(), Window::Day, n.get())),
+            ]
+        })
+        .flatten()
+        .collect();
+    if quotas.is_empty() {
+        return Ok(None);
+    }
+    let now = ctx.clock.now();
+    let quotas = &quotas;
+    let full = with_db(ctx, shutdown, |mut c| async move {
+        quotas::reserve(&mut c, quotas, now).await
+    })
+    .await?;
+    Ok(full.map(|until| Park::deferred(until, "quota", json!({"quota_resets_at": until}))))
+}
+
+/// Suppressed and cancelled jobs get their final status; scheduled and
+/// quiet-hour jobs are parked until they may go.
+async fn apply_hold(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    hold: Hold,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, Stop> {
+    let (status, detail) = match hold {
+        Hold::Scheduled { at } => {
+            let park = Park {
+                until: at,
+                status: "scheduled",
+                reason: "send_at",
+                detail: json!({}),
+            };
+            return park_job(ctx, job, None, park, Attempted::default(), shutdown).await;
+        }
+        Hold::QuietHours {
+            until,
+            zone,
+            source,
+        } => {
+            let detail =
+                json!({"recipient_timezone": zone.name(), "timezone_source": source.as_str()});
+            let park = Park::deferred(until, "quiet_hours", detail);
+            return park_job(ctx, job, None, park, Attempted::default(), shutdown).await;
+        }
+        Hold::Suppressed { reason } => ("suppressed", json!({"reason": reason})),
+        Hold::Cancelled => (
+            "cancelled",
+            json!({"reason": "sequence_cancelled", "sequence_id": job.campaign.sequence_id}),
+        ),
+    };
+    tracing::info!(status, %detail, "not sent");
+    let reason = detail["reason"].as_str().map(str::to_string);
+    record_unsent(
+        ctx,
+        job,
+        status,
+        reason.as_deref(),
+        status,
+        detail,
+        shutdown,
+    )
+    .await?;
+    Ok(if status == "suppressed" {
+        Outcome::Suppressed
+    } else {
+        Outcome::Cancelled
+    })
+}
+
+/// What a delivery did before it was parked.
+#[derive(Default)]
+struct Attempted {
+    attempts: i32,
+    last_error: Option<String>,
+    events: Vec<EventRow>,
+}
+
+/// Parks the job in `scheduled_jobs` and records why and until when.
+async fn park_job(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    route: Option<&ResolvedRoute>,
+    park: Park,
+    attempted: Attempted,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, Stop> {
+    let Attempted {
+        attempts,
+        last_error,
+        mut events,
+    } = attempted;
+    let mut detail = park.detail.clone();
+    detail["reason"] = json!(park.reason);
+    detail["due_at"] = json!(park.until);
+    let event = if park.status == "scheduled" {
+        "scheduled"
+    } else {
+        "deferred"
+    };
+    tracing::info!(reason = park.reason, due_at = %park.until, "parked until due");
+    events.push(EventRow { event, detail });
+    let parking = scheduled::Parking {
+        due_at: park.until,
+        status: park.status,
+        reason: park.reason,
+        attempts,
+        last_error: last_error.as_deref(),
+        events: &events,
+    };
+    let parking = &parking;
+    with_db(ctx, shutdown, |c| async move {
+        scheduled::park(&c, job, parking).await
+    })
+    .await?;
+    let provider = route.map(|r| r.provider.name()).unwrap_or("");
+    let route_label = route.map(|r| r.route.as_str()).unwrap_or("");
+    ctx.metrics
+        .message_outcome(job.channel.as_str(), provider, route_label, park.status);
+    Ok(Outcome::Deferred { until: park.until })
+}
+
+async fn record_delivery(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    route: &ResolvedRoute,
+    mut delivery: Delivery,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, Stop> {
+    let provider = route.provider.name();
+    let total_attempts = delivery.prior_attempts + delivery.attempts;
+    let (status, outcome, last_error, provider_message_id) = match &delivery.result {
+        Ok(accepted) => {
+            let mut detail = json!({
+                "route": route.route.as_str(),
+                "attempts": total_attempts,
+                "provider_response": accepted.detail,
+                // Policy time (the injected clock) of the provider call.
+                "at": delivery.called_at,
+            });
+            if accepted.provider_message_id.is_none() {
+                detail["warning"] =
+                    json!("the provider accepted the message but its id could not be read");
+            }
+            delivery.events.push(EventRow {
+                event: "sent",
+                detail,
+            });
+            (
+                "sent",
+                Outcome::Sent,
+                None,
+                accepted.provider_message_id.clone(),
+            )
+        }
+        Err(error) => {
+            let mut detail = error.to_detail();
+            detail["attempts"] = json!(total_attempts);
+            detail["retries_exhausted"] = json!(delivery.exhausted);
+            delivery.events.push(EventRow {
+                event: "failed",
+                detail,
+            });
+            let reason = if delivery.exhausted {
+                format!("retries exhausted after {total_attempts} attempts: {error}")
+            } else {
+                error.to_string()
+            };
+            tracing::warn!(error = %error, recipient = %job.recipient.masked(), "provider refused the message");
+            if error.recipient_opted_out {
+                opted_out_at_provider(ctx, job, provider, error, shutdown).await?;
+            }
+            (
+                "failed",
+                Outcome::Failed {
+                    dead_letter: delivery.exhausted,
+                    reason: reason.clone(),
+                },
+                Some(reason),
+                None,
+            )
+        }
+    };
+    let record = messages::Outcome {
+        status,
+        route: Some(route.route),
+        provider: Some(provider),
+        integration_id: route.integration_id,
+        provider_message_id: provider_message_id.as_deref(),
+        attempts: delivery.attempts,
+        last_error: last_error.as_deref(),
+        events: delivery.events,
+    };
+    record_outcome(ctx, job, &record, shutdown).await?;
+    ctx.metrics
+        .message_outcome(job.channel.as_str(), provider, route.route.as_str(), status);
+    if let Some(id) = &provider_message_id {
+        tracing::info!(provider, provider_message_id = %id, attempts = total_attempts, "sent");
+    }
+    Ok(outcome)
+}
+
+/// The provider says the recipient refused messages (Twilio 21610 after a
+/// STOP): remember it, so later jobs are suppressed without a provider call.
+async fn opted_out_at_provider(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    provider: &str,
+    error: &ProviderError,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
+    let source = format!("{provider}:{}", error.code.as_deref().unwrap_or("refused"));
+    let source = &source;
+    with_db(ctx, shutdown, |mut c| async move {
+        crate::store::opt_outs::add(
+            &mut c,
+            Some(&job.agent_id),
+            job.channel,
+            job.recipient.as_str(),
+            "provider_rejected",
+            Some(source),
+        )
+        .await
+    })
+    .await?;
+    Ok(())
+}
+
+/// No account can send the job: a permanent failure, recorded with the
+/// reason code (`no_provider`, …) so the publisher can see what to set up.
+async fn record_unroutable(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    error: RouteError,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, Stop> {
+    let code = error.code();
+    let reason = format!("{code}: {error}");
+    tracing::warn!(%reason, "no usable route");
+    if let RouteError::Unusable(crate::integrations::UnusableIntegration::Secrets { id, .. }) =
+        &error
+    {
+        let (id, msg) = (*id, error.to_string());
+        with_db(ctx, shutdown, |c| {
+            let msg = msg.clone();
+            async move { crate::store::integrations::set_last_error(&c, id, &msg).await }
+        })
+        .await?;
+    }
+    let detail = json!({"code": code, "message": error.to_string()});
+    record_unsent(ctx, job, "failed", Some(&reason), code, detail, shutdown).await?;
+    Ok(Outcome::Failed {
+        dead_letter: false,
+        reason,
+    })
+}
+
+/// Records the final status of a job that reached no provider (suppressed,
+/// cancelled, unroutable) with its one event, and counts it under `label`.
+async fn record_unsent(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    status: &'static str,
+    last_error: Option<&str>,
+    label: &str,
+    detail: serde_json::Value,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
+    let record = messages::Outcome {
+        status,
+        route: None,
+        provider: None,
+        integration_id: None,
+        provider_message_id: None,
+        attempts: 0,
+        last_error,
+        events: vec![EventRow {
+            event: status,
+            detail,
+        }],
+    };
+    record_outcome(ctx, job, &record, shutdown).await?;
+    ctx.metrics
+        .message_outcome(job.channel.as_str(), "", "", label);
+    Ok(())
+}
+
+/// Writes an outcome through the batch writer, waiting out database errors.
+async fn record_outcome(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    outcome: &messages::Outcome<'_>,
+    shutdown: &CancellationToken,
+) -> Result<bool, Stop> {
+    let row = messages::OutcomeRow::new(job.id, outcome);
+    let row = &row;
+    retry_db(ctx, shutdown, || ctx.outcomes.call(row.clone())).await
+}
+
+/// Runs a database operation with a pooled client (see [`retry_db`]).
+async fn with_db<T, F, Fut>(
+    ctx: &WorkerContext,
+    shutdown: &CancellationToken,
+    op: F,
+) -> Result<T, Stop>
+where
+    F: Fn(deadpool_postgres::Client) -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let op = &op;
+    retry_db(ctx, shutdown, || async move {
+        let client = ctx.pool.get().await?;
+        op(client).await
+    })
+    .await
+}
+
+/// Runs a database operation until it succeeds, waiting out errors that may
+/// pass (Postgres restarting, the network, a full pool) with capped backoff.
+/// Gives up only on shutdown, or on an error that no retry can fix.
+async fn retry_db<T, F, Fut>(
+    ctx: &WorkerContext,
+    shutdown: &CancellationToken,
+    op: F,
+) -> Result<T, Stop>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retriable() => {
+                ctx.metrics.db_retries.inc();
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %e, ?delay, "database unavailable; waiting");
+                sleep_or_shutdown(delay, shutdown).await?;
+            }
+            Err(e) => return Err(Stop::Store(e)),
+        }
+    }
+}
+
+async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> Result<(), Stop> {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(()),
+        _ = shutdown.cancelled() => Err(Stop::Shutdown),
+    }
+}

@@ -1,0 +1,610 @@
+//! Policy end to end: opt-outs, quiet hours in the recipient's zone, send_at
+//! scheduling, rate limits and quotas, long Retry-After and circuit breakers.
+//! Real Postgres and RabbitMQ; policy time is a manual clock, so no test
+//! waits for real hours.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::*;
+use serde_json::json;
+use switchboard::clock::{Clock, ManualClock};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const SID: &str = "AC00000000000000000000000000000999";
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+async fn twilio_ok(server: &MockServer) {
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(201).set_body_json(json!({"sid": "SMpol", "status": "queued"})),
+        )
+        .mount(server)
+        .await;
+}
+
+async fn policy_env(server: &MockServer) -> Env {
+    let mut env = Env::new().await;
+    env.set("SWITCHBOARD_TWILIO_BASE_URL", server.uri())
+        .set("TWILIO_ACCOUNT_SID", SID)
+        .set("TWILIO_AUTH_TOKEN", "platform-token")
+        .set("TWILIO_PHONE_NUMBER", "+14155550000")
+        .set("SWITCHBOARD_SCHEDULER_INTERVAL_MS", "20");
+    env
+}
+
+async fn requests(server: &MockServer) -> usize {
+    server.received_requests().await.unwrap().len()
+}
+
+async fn sql(env: &Env, statement: &str) {
+    env.db
+        .client()
+        .await
+        .batch_execute(statement)
+        .await
+        .unwrap();
+}
+
+async fn due_at(env: &Env, id: uuid::Uuid) -> Option<DateTime<Utc>> {
+    env.db
+        .client()
+        .await
+        .query_opt("SELECT due_at FROM scheduled_jobs WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn marketing_at_23h_local_is_deferred_to_9h_next_day_across_dst_then_sent() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = policy_env(&server).await;
+    // Saturday 7 March 2026, 23:00 in New York (EST). DST starts overnight.
+    let clock = Arc::new(ManualClock::new(at("2026-03-08T04:00:00Z")));
+    let worker = env.start_worker_with_clock(clock.clone());
+    let mut job = sms_job("agent-q", "+14155550123");
+    job["category"] = "marketing".into();
+    job["timezone"] = "America/New_York".into();
+    env.publisher().await.publish(&job).await;
+
+    env.wait_for_status(job_id(&job), "deferred").await;
+    // 09:00 EDT on Sunday = 13:00 UTC (not 14:00, as it would be in EST).
+    assert_eq!(
+        due_at(&env, job_id(&job)).await,
+        Some(at("2026-03-08T13:00:00Z"))
+    );
+    let events = env.event_details(job_id(&job)).await;
+    let deferred = &events.iter().find(|(e, _)| e == "deferred").unwrap().1;
+    assert_eq!(deferred["reason"], "quiet_hours");
+    assert_eq!(deferred["recipient_timezone"], "America/New_York");
+    assert_eq!(requests(&server).await, 0);
+
+    clock.set(at("2026-03-08T12:59:00Z"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(requests(&server).await, 0, "not before the window opens");
+    clock.set(at("2026-03-08T13:00:00Z"));
+    env.wait_for_status(job_id(&job), "sent").await;
+    worker.stop().await;
+    assert_eq!(requests(&server).await, 1);
+    assert_eq!(
+        due_at(&env, job_id(&job)).await,
+        None,
+        "removed once republished"
+    );
+    assert_eq!(
+        env.events(job_id(&job)).await,
+        vec!["queued", "deferred", "sent"]
+    );
+}
+
+#[tokio::test]
+async fn the_zone_comes_from_the_number_when_the_job_gives_none() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = policy_env(&server).await;
+    // 21:30 in Nairobi (UTC+3): outside the window there, inside it in UTC.
+    let clock = Arc::new(ManualClock::new(at("2026-06-01T18:30:00Z")));
+    let worker = env.start_worker_with_clock(clock.clone());
+    let mut job = sms_job("agent-ke", "+254712345678");
+    job["category"] = "marketing".into();
+    env.publisher().await.publish(&job).await;
+    env.wait_for_status(job_id(&job), "deferred").await;
+    worker.stop().await;
+    assert_eq!(
+        due_at(&env, job_id(&job)).await,
+        Some(at("2026-06-02T06:00:00Z"))
+    );
+}
+
+#[tokio::test]
+async fn transactional_at_23h_local_is_sent_at_once() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = policy_env(&server).await;
+    let clock = Arc::new(ManualClock::new(at("2026-03-08T04:00:00Z")));
+    let worker = env.start_worker_with_clock(clock);
+    let mut job = sms_job("agent-q", "+14155550123");
+    job["timezone"] = "America/New_York".into(); // category: transactional
+    env.publisher().await.publish(&job).await;
+    env.wait_for_status(job_id(&job), "sent").await;
+    worker.stop().await;
+    assert_eq!(requests(&server).await, 1);
+}
+
+#[tokio::test]
+async fn opted_out_recipients_are_suppressed_without_a_provider_call() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = policy_env(&server).await;
+    let mut client = env.db.client().await;
+    switchboard::store::opt_outs::add(
+        &mut client,
+        Some("agent-o"),
+        "sms".parse().unwrap(),
+        "+14155550123",
+        "stop_keyword",
+        Some("test"),
+    )
+    .await
+    .unwrap();
+    // Platform-wide, and a marketing-only unsubscribe.
+    switchboard::store::opt_outs::add(
+        &mut client,
+        None,
+        "sms".parse().unwrap(),
+        "+14155550124",
+        "complaint",
+        None,
+    )
+    .await
+    .unwrap();
+    switchboard::store::opt_outs::add(
+        &mut client,
+        Some("agent-o"),
+        "sms".parse().unwrap(),
+        "+14155550125",
+        "unsubscribe",
+        None,
+    )
+    .await
+    .unwrap();
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T15:00:00Z")));
+    let worker = env.start_worker_with_clock(clock);
+    let publisher = env.publisher().await;
+    // Given in another format: compared normalised.
+    let stopped = sms_job("agent-o", "+1 (415) 555-0123");
+    let platform_wide = sms_job("agent-other", "+14155550124");
+    let mut unsubscribed_marketing = sms_job("agent-o", "+14155550125");
+    unsubscribed_marketing["category"] = "marketing".into();
+    unsubscribed_marketing["timezone"] = "UTC".into();
+    let unsubscribed_transactional = sms_job("agent-o", "+14155550125");
+    for j in [
+        &stopped,
+        &platform_wide,
+        &unsubscribed_marketing,
+        &unsubscribed_transactional,
+    ] {
+        publisher.publish(j).await;
+    }
+    let row = env.wait_for_status(job_id(&stopped), "suppressed").await;
+    assert_eq!(row.last_error.as_deref(), Some("stop_keyword"));
+    env.wait_for_status(job_id(&platform_wide), "suppressed")
+        .await;
+    env.wait_for_status(job_id(&unsubscribed_transactional), "sent")
+        .await;
+    env.wait_for_status(job_id(&unsubscribed_marketing), "suppressed")
+        .await;
+    worker.stop().await;
+    assert_eq!(
+        requests(&server).await,
+        1,
+        "only the transactional job reached Twilio"
+    );
+    assert_eq!(
+        env.events(job_id(&stopped)).await,
+        vec!["queued", "suppressed"]
+    );
+}
+
+#[tokio::test]
+async fn twilio_21610_records_an_opt_out_and_later_jobs_are_suppressed() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let env = policy_env(&server).await;
+    let worker = env.start_worker();
+    let publisher = env.publisher().await;
+    let first = sms_job("agent-u", "+14155550123");
+    publisher.publish(&first).await;
+    env.wait_for_status(job_id(&first), "failed").await;
+    let second = sms_job("agent-u", "+14155550123");
+    publisher.publish(&second).await;
+    env.wait_for_status(job_id(&second), "suppressed").await;
+    worker.stop().await;
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn twenty_jobs_against_2_per_second_are_all_sent_over_9_virtual_seconds_other_agents_unaffected()
+ {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = policy_env(&server).await;
+    let start = at("2026-01-15T15:00:00Z");
+    let clock = Arc::new(ManualClock::new(start));
+    sql(
+        &env,
+        r#"INSERT INTO agents (id, limits) VALUES ('agent-slow', '{"sms": {"per_second": 2}}')"#,
+    )
+    .await;
+    let worker = env.start_worker_with_clock(clock.clone());
+    let publisher = env.publisher().await;
+    let mut slow = Vec::new();
+    let mut fast = Vec::new();
+    for _ in 0..20 {
+        let j = sms_job("agent-slow", "+14155550123");
+        slow.push(job_id(&j));
+        publisher.publish(&j).await;
+        let j = sms_job("agent-fast", "+14155550123");
+        fast.push(job_id(&j));
+        publisher.publish(&j).await;
+    }
+    // The other agent is not held up at all: all its jobs go out while the
+    // virtual clock stands still.
+    for id in &fast {
+        env.wait_for_status(*id, "sent").await;
+    }
+    assert_eq!(clock.now(), start);
+
+    let client = env.db.client().await;
+    let sent_slow = || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM outbound_messages WHERE agent_id = 'agent-slow' AND status = 'sent'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let mut steps = 0;
+    while sent_slow().await < 20 {
+        clock.advance(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        steps += 1;
+        assert!(steps < 5_000, "rate-limited jobs never finished");
+    }
+    worker.stop().await;
+
+    let mut times = Vec::new();
+    for id in &slow {
+        let events = env.event_details(*id).await;
+        let sent = events
+            .iter()
+            .find(|(e, _)| e == "sent")
+            .expect("sent")
+            .1
+            .clone();
+        times.push(at(sent["at"].as_str().unwrap()));
+    }
+    times.sort();
+    let spread = *times.last().unwrap() - times[0];
+    assert!(
+        spread >= chrono::Duration::seconds(9),
+        "20 jobs at 2/s spread over {spread}"
+    );
+    // Never more than 2 in any one second (plus the burst at the start).
+    for w in times.windows(3) {
+        assert!(w[2] - w[0] >= chrono::Duration::milliseconds(500), "{w:?}");
+    }
+    assert_eq!(requests(&server).await, 40, "none dropped, none doubled");
+}
+
+#[tokio::test]
+async fn a_day_quota_defers_the_rest_to_the_next_day_and_is_counted_in_postgres() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = policy_env(&server).await;
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T15:00:00Z")));
+    sql(
+        &env,
+        r#"INSERT INTO agents (id, limits) VALUES ('agent-q', '{"sms": {"per_day": 3}}')"#,
+    )
+    .await;
+    let worker = env.start_worker_with_clock(clock.clone());
+    let publisher = env.publisher().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let j = sms_job("agent-q", "+14155550123");
+        ids.push(job_id(&j));
+        publisher.publish(&j).await;
+    }
+    let client = env.db.client().await;
+    let count = |status: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*) FROM outbound_messages WHERE status = $1",
+                    &[&status],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    wait_until("3 sent, 2 deferred", || async {
+        (count("sent").await == 3 && count("deferred").await == 2).then_some(())
+    })
+    .await;
+    let counted: i32 = client
+        .query_one("SELECT count FROM rate_counters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(counted, 3);
+    let due: Vec<DateTime<Utc>> = client
+        .query("SELECT due_at FROM scheduled_jobs", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        due.iter().all(|d| *d == at("2026-01-16T00:00:00Z")),
+        "{due:?}"
+    );
+    clock.set(at("2026-01-16T00:00:01Z"));
+    wait_until("the rest sent the next day", || async {
+        (count("sent").await == 5).then_some(())
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(requests(&server).await, 5);
+}
+
+#[tokio::test]
+async fn two_workers_publish_a_send_at_job_exactly_once() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = policy_env(&server).await;
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T15:00:00Z")));
+    let a = env.start_worker_with_clock(clock.clone());
+    let b = env.start_worker_with_clock(clock.clone());
+    let mut jobs = Vec::new();
+    let publisher = env.publisher().await;
+    for _ in 0..20 {
+        let mut job = sms_job("agent-s", "+14155550123");
+        job["send_at"] = "2026-01-15T16:00:00Z".into();
+        publisher.publish(&job).await;
+        jobs.push(job_id(&job));
+    }
+    for id in &jobs {
+        env.wait_for_status(*id, "scheduled").await;
+    }
+    assert_eq!(requests(&server).await, 0);
+    clock.set(at("2026-01-15T16:00:00Z"));
+    for id in &jobs {
+        env.wait_for_status(*id, "sent").await;
+    }
+    let published =
+        a.ctx.metrics.scheduled_published.get() + b.ctx.metrics.scheduled_published.get();
+    a.stop().await;
+    b.stop().await;
+    assert_eq!(published, 20, "each due job republished exactly once");
+    assert_eq!(requests(&server).await, 20);
+}
+
+#[tokio::test]
+async fn an_opt_out_or_the_command_line_cancels_later_steps_of_a_sequence() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = policy_env(&server).await;
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T15:00:00Z")));
+    let worker = env.start_worker_with_clock(clock.clone());
+    let publisher = env.publisher().await;
+    let step = |to: &str, seq: &str, n: i64| {
+        let mut j = sms_job("agent-seq", to);
+        j["sequence_id"] = seq.into();
+        j["step"] = n.into();
+        j["send_at"] = format!("2026-01-{}T16:00:00Z", 15 + n).into();
+        j
+    };
+    let a2 = step("+14155550123", "drip-1", 2);
+    let a3 = step("+14155550123", "drip-1", 3);
+    let b2 = step("+14155550199", "drip-1", 2);
+    let c2 = step("+14155550177", "drip-2", 2);
+    for j in [&a2, &a3, &b2, &c2] {
+        publisher.publish(j).await;
+        env.wait_for_status(job_id(j), "scheduled").await;
+    }
+    // The first recipient replies STOP.
+    let mut client = env.db.client().await;
+    let cancelled = switchboard::store::opt_outs::add(
+        &mut client,
+        Some("agent-seq"),
+        "sms".parse().unwrap(),
+        "+14155550123",
+        "stop_keyword",
+        Some("reply"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(cancelled, 2);
+    env.wait_for_status(job_id(&a2), "cancelled").await;
+    env.wait_for_status(job_id(&a3), "cancelled").await;
+
+    // An operator cancels drip-2 for everyone from the command line.
+    let (ok, out, err) = {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args([
+                "sequences",
+                "cancel",
+                "--agent",
+                "agent-seq",
+                "--sequence",
+                "drip-2",
+            ])
+            .env_clear()
+            .envs(&env.vars)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(ok, "{err}");
+    assert!(out.contains("cancelled 1"), "{out}");
+    env.wait_for_status(job_id(&c2), "cancelled").await;
+    // A later step of drip-2 still in the queue is cancelled when consumed.
+    let c3 = step("+14155550177", "drip-2", 3);
+    publisher.publish(&c3).await;
+    env.wait_for_status(job_id(&c3), "cancelled").await;
+
+    clock.set(at("2026-01-20T00:00:00Z"));
+    env.wait_for_status(job_id(&b2), "sent").await;
+    worker.stop().await;
+    assert_eq!(
+        requests(&server).await,
+        1,
+        "only the other recipient's step was sent"
+    );
+}
+
+#[tokio::test]
+async fn a_long_retry_after_parks_the_job_instead_of_holding_a_slot() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "120")
+                .set_body_json(
+                    json!({"code": 20429, "message": "Too Many Requests", "status": 429}),
+                ),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    twilio_ok(&server).await;
+    let env = policy_env(&server).await;
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T15:00:00Z")));
+    let worker = env.start_worker_with_clock(clock.clone());
+    let job = sms_job("agent-r", "+14155550123");
+    env.publisher().await.publish(&job).await;
+    let row = env.wait_for_status(job_id(&job), "deferred").await;
+    assert_eq!(row.attempts, 1);
+    assert_eq!(
+        due_at(&env, job_id(&job)).await,
+        Some(at("2026-01-15T15:02:00Z"))
+    );
+    clock.set(at("2026-01-15T15:02:00Z"));
+    let row = env.wait_for_status(job_id(&job), "sent").await;
+    worker.stop().await;
+    assert_eq!(row.attempts, 2);
+    assert_eq!(
+        env.events(job_id(&job)).await,
+        vec!["queued", "attempt_failed", "deferred", "sent"]
+    );
+}
+
+#[tokio::test]
+async fn a_failing_account_opens_its_circuit_defers_jobs_and_closes_after_a_good_probe() {
+    let server = MockServer::start().await;
+    let mut env = policy_env(&server).await;
+    env.set("SWITCHBOARD_CIRCUIT_THRESHOLD", "2")
+        .set("SWITCHBOARD_CIRCUIT_COOLDOWN_MS", "30000")
+        .set("SWITCHBOARD_MAX_ATTEMPTS", "5")
+        .set("SWITCHBOARD_PREFETCH", "1");
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T15:00:00Z")));
+    let worker = env.start_worker_with_clock(clock.clone());
+    let publisher = env.publisher().await;
+    let first = sms_job("agent-c", "+14155550123");
+    let second = sms_job("agent-c", "+14155550123");
+    publisher.publish(&first).await;
+    publisher.publish(&second).await;
+    env.wait_for_status(job_id(&first), "deferred").await;
+    env.wait_for_status(job_id(&second), "deferred").await;
+    // Two calls opened the circuit; the second job never reached Twilio.
+    assert_eq!(requests(&server).await, 2);
+    let client = env.db.client().await;
+    let opened: i64 = client
+        .query_one("SELECT count(*) FROM outbound_events WHERE event = 'circuit_opened' AND message_id IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(opened, 1);
+
+    server.reset().await;
+    twilio_ok(&server).await;
+    clock.advance(Duration::from_secs(30));
+    env.wait_for_status(job_id(&first), "sent").await;
+    env.wait_for_status(job_id(&second), "sent").await;
+    worker.stop().await;
+    let closed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM outbound_events WHERE event = 'circuit_closed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(closed, 1);
+}
+
+#[tokio::test]
+async fn the_agents_window_and_zone_apply_when_the_recipients_zone_is_unknown() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = policy_env(&server).await;
+    switchboard::app::set_agent(
+        &env.settings(),
+        switchboard::app::AgentSettings {
+            agent: "agent-paris".into(),
+            timezone: Some("Europe/Paris".into()),
+            send_window: Some("10:00-18:00".into()),
+            quiet_hours_email: Some(true),
+            limits: None,
+            company_name: None,
+            reply_email: None,
+            from_name: None,
+        },
+    )
+    .await
+    .unwrap();
+    // 08:00 UTC = 09:00 in Paris: inside the default window, not the agent's.
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T08:00:00Z")));
+    let worker = env.start_worker_with_clock(clock);
+    // A US number: the country has many zones, so the agent's zone is used.
+    let mut job = sms_job("agent-paris", "+14155550123");
+    job["category"] = "marketing".into();
+    env.publisher().await.publish(&job).await;
+    env.wait_for_status(job_id(&job), "deferred").await;
+    worker.stop().await;
+    assert_eq!(
+        due_at(&env, job_id(&job)).await,
+        Some(at("2026-01-15T09:00:00Z"))
+    );
+    let events = env.event_details(job_id(&job)).await;
+    let deferred = &events.iter().find(|(e, _)| e == "deferred").unwrap().1;
+    assert_eq!(deferred["timezone_source"], "agent");
+}

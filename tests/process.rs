@@ -1,0 +1,629 @@
+//! The `switchboard` binary as operators run it: killed with SIGKILL in the
+//! middle of a batch, stopped with SIGTERM, driven from the command line.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const SID: &str = "AC00000000000000000000000000000999";
+
+fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_switchboard"))
+}
+
+fn spawn(args: &[&str], vars: &HashMap<String, String>) -> Child {
+    binary()
+        .args(args)
+        .env_clear()
+        .envs(vars)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn switchboard")
+}
+
+fn run_cli(
+    args: &[&str],
+    vars: &HashMap<String, String>,
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = binary()
+        .args(args)
+        .env_clear()
+        .envs(vars)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    panic!("switchboard did not exit within 60 s of SIGTERM");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn count(env: &Env, sql: &str) -> i64 {
+    env.db
+        .client()
+        .await
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_batch_loses_nothing_after_restart() {
+    const JOBS: usize = 60;
+    const PREFETCH: usize = 10;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/2010-04-01/Accounts/{SID}/Messages.json")))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"sid": "SMkill", "status": "queued"}))
+                .set_delay(Duration::from_millis(150)),
+        )
+        .mount(&server)
+        .await;
+    let mut env = Env::new().await;
+    env.set("SWITCHBOARD_TWILIO_BASE_URL", server.uri())
+        .set("TWILIO_ACCOUNT_SID", SID)
+        .set("TWILIO_AUTH_TOKEN", "platform-token")
+        .set("TWILIO_PHONE_NUMBER", "+14155550000")
+        .set("SWITCHBOARD_PREFETCH", PREFETCH.to_string())
+        .set("SWITCHBOARD_LEASE_SECS", "2");
+
+    let publisher = env.publisher().await;
+    let mut ids = Vec::new();
+    for _ in 0..JOBS {
+        let job = sms_job("agent-k", "+14155550123");
+        ids.push(job_id(&job));
+        publisher.publish(&job).await;
+    }
+
+    let mut first = spawn(&["worker"], &env.vars);
+    wait_until("some jobs sent before the kill", || async {
+        (count(
+            &env,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
+        )
+        .await
+            >= 10)
+            .then_some(())
+    })
+    .await;
+    first.kill().unwrap(); // SIGKILL: no chance to clean up
+    first.wait().unwrap();
+    let sent_at_kill = count(
+        &env,
+        "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
+    )
+    .await;
+    assert!(
+        (sent_at_kill as usize) < JOBS,
+        "the kill must land mid-batch"
+    );
+
+    let mut second = spawn(&["worker"], &env.vars);
+    wait_until("every job to reach a terminal status", || async {
+        (count(
+            &env,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
+        )
+        .await as usize
+            == JOBS)
+            .then_some(())
+    })
+    .await;
+    assert!(terminate(&mut second).success(), "SIGTERM exits 0");
+
+    let client = env.db.client().await;
+    for id in &ids {
+        let sent_events: i64 = client
+            .query_one(
+                "SELECT count(*) FROM outbound_events WHERE message_id = $1 AND event = 'sent'",
+                &[id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(sent_events, 1, "job {id} recorded as sent exactly once");
+    }
+    // Only jobs that were at the provider when the process died may have
+    // been sent twice (the window the README documents): at most one
+    // prefetch window.
+    let requests = server.received_requests().await.unwrap().len();
+    assert!(requests >= JOBS, "{requests}");
+    assert!(
+        requests <= JOBS + PREFETCH,
+        "{requests} provider calls for {JOBS} jobs"
+    );
+    let depth = publisher.queue_depth().await;
+    assert_eq!(depth, 0, "nothing left unacked or queued");
+}
+
+#[tokio::test]
+async fn run_serves_health_metrics_and_sends_an_enqueued_job_then_stops_on_sigterm() {
+    let mut env = Env::new().await;
+    let port = free_port();
+    env.set("SWITCHBOARD_SIMULATE", "true")
+        .set("SWITCHBOARD_HTTP_ADDR", format!("127.0.0.1:{port}"));
+    let mut child = spawn(&["run"], &env.vars);
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_until("readyz 200", || async {
+        let r = http.get(format!("{base}/readyz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let job = email_job("agent-cli", "buyer@example.com");
+    let (ok, out, err) = run_cli(&["enqueue", "-"], &env.vars, Some(&job.to_string()));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), job["id"].as_str().unwrap());
+    env.wait_for_status(job_id(&job), "sent").await;
+
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchboard_jobs_consumed_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"switchboard_messages_total{channel="email",outcome="sent",provider="simulation",route="simulation"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchboard_provider_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchboard_jobs_in_flight 0"),
+        "{metrics}"
+    );
+    assert!(terminate(&mut child).success(), "SIGTERM exits 0");
+}
+
+#[tokio::test]
+async fn enqueue_refuses_an_invalid_job_unless_told_not_to_validate() {
+    let env = Env::new().await;
+    let (ok, _, err) = run_cli(
+        &["enqueue", "-"],
+        &env.vars,
+        Some(r#"{"agent_id":"a","channel":"sms"}"#),
+    );
+    assert!(!ok);
+    assert!(err.contains("missing required field `to`"), "{err}");
+    let (ok, out, err) = run_cli(
+        &["enqueue", "--no-validate", "-"],
+        &env.vars,
+        Some(r#"{"agent_id":"a","channel":"sms"}"#),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1, "an id was filled in: {out}");
+}
+
+#[tokio::test]
+async fn integrations_from_the_command_line_keep_secrets_encrypted_and_masked() {
+    let env = Env::new().await;
+    let token = "tok_live_9f8e7d6c5b4a3210";
+    let settings = json!({"account_sid": "AC0000000000000000000000000000000a", "auth_token": token, "phone_number": "+14155550100"}).to_string();
+    let (ok, out, err) = run_cli(
+        &[
+            "integrations",
+            "connect",
+            "--agent",
+            "agent-c",
+            "--channel",
+            "sms",
+            "--provider",
+            "twilio",
+            "--settings",
+            &settings,
+        ],
+        &env.vars,
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("integration"), "{out}");
+    assert!(!out.contains(token) && !err.contains(token));
+
+    let (ok, out, _) = run_cli(
+        &["integrations", "list", "--agent", "agent-c"],
+        &env.vars,
+        None,
+    );
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["provider"], "twilio");
+    assert_eq!(list[0]["active"], true);
+    assert_eq!(list[0]["settings"]["auth_token"], "****3210");
+    assert_eq!(list[0]["settings"]["phone_number"], "+14155550100");
+    assert!(!out.contains(token));
+
+    // The database holds ciphertext only.
+    let client = env.db.client().await;
+    let row = client
+        .query_one(
+            "SELECT config::text, secrets_ciphertext, secrets_key_id FROM integrations",
+            &[],
+        )
+        .await
+        .unwrap();
+    let config: String = row.get(0);
+    let blob: Vec<u8> = row.get(1);
+    assert!(!config.contains(token));
+    assert!(!blob.windows(token.len()).any(|w| w == token.as_bytes()));
+    let dump: String = client
+        .query_one("SELECT string_agg(t::text, ' ') FROM integrations t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!dump.contains(token));
+
+    for (cmd, active) in [("disable", false), ("enable", true)] {
+        let (ok, _, err) = run_cli(
+            &[
+                "integrations",
+                cmd,
+                "--agent",
+                "agent-c",
+                "--channel",
+                "sms",
+            ],
+            &env.vars,
+            None,
+        );
+        assert!(ok, "{err}");
+        let (_, out, _) = run_cli(
+            &["integrations", "list", "--agent", "agent-c"],
+            &env.vars,
+            None,
+        );
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(list[0]["active"], active);
+    }
+    let (ok, _, err) = run_cli(
+        &[
+            "integrations",
+            "disconnect",
+            "--agent",
+            "agent-c",
+            "--channel",
+            "sms",
+        ],
+        &env.vars,
+        None,
+    );
+    assert!(ok, "{err}");
+    let (_, out, _) = run_cli(
+        &["integrations", "list", "--agent", "agent-c"],
+        &env.vars,
+        None,
+    );
+    assert_eq!(out.trim(), "[]");
+    let (ok, _, err) = run_cli(
+        &[
+            "integrations",
+            "disable",
+            "--agent",
+            "agent-c",
+            "--channel",
+            "sms",
+        ],
+        &env.vars,
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("has no sms integration"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_settings_and_missing_keys_are_clear_errors() {
+    let env = Env::new().await;
+    let connect = |settings: &str, vars: &HashMap<String, String>| {
+        run_cli(
+            &[
+                "integrations",
+                "connect",
+                "--agent",
+                "a",
+                "--channel",
+                "sms",
+                "--provider",
+                "twilio",
+                "--settings",
+                settings,
+            ],
+            vars,
+            None,
+        )
+    };
+    let (ok, _, err) = connect(
+        r#"{"account_sid":"AC1","auth_tokn":"x","phone_number":"+14155550100"}"#,
+        &env.vars,
+    );
+    assert!(!ok);
+    assert!(err.contains("unknown setting `auth_tokn`"), "{err}");
+    let (ok, _, err) = connect(r#"{"account_sid":"AC1","auth_token":"x"}"#, &env.vars);
+    assert!(!ok);
+    assert!(err.contains("phone_number"), "{err}");
+
+    let mut no_key = env.vars.clone();
+    no_key.remove("SWITCHBOARD_ENCRYPTION_KEY");
+    let (ok, _, err) = connect(
+        r#"{"account_sid":"AC1","auth_token":"x","phone_number":"+14155550100"}"#,
+        &no_key,
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("SWITCHBOARD_ENCRYPTION_KEY is not set"),
+        "{err}"
+    );
+    no_key.insert(
+        "SWITCHBOARD_ENCRYPTION_KEY".into(),
+        "bm90LTMyLWJ5dGVz".into(),
+    );
+    let (ok, _, err) = run_cli(&["worker"], &no_key, None);
+    assert!(!ok, "a worker with a malformed key must not start");
+    assert!(
+        err.contains("SWITCHBOARD_ENCRYPTION_KEY is malformed"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn migrate_is_safe_twice_and_from_two_processes_at_once() {
+    let db = TestDb::new().await; // already migrated once by the harness
+    let client = db.client().await;
+    client
+        .batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        .await
+        .unwrap();
+    let mut vars = HashMap::new();
+    vars.insert("DATABASE_URL".to_string(), db.url.clone());
+    let a = spawn(&["migrate"], &vars);
+    let b = spawn(&["migrate"], &vars);
+    for mut child in [a, b] {
+        assert!(child.wait().unwrap().success());
+    }
+    let (ok, _, err) = run_cli(&["migrate"], &vars, None);
+    assert!(ok, "{err}");
+    let applied: i64 = client
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count();
+    assert_eq!(applied as usize, files);
+    for table in [
+        "agents",
+        "integrations",
+        "outbound_messages",
+        "outbound_events",
+        "opt_outs",
+        "scheduled_jobs",
+    ] {
+        client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{table}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn opt_outs_from_the_command_line() {
+    let env = Env::new().await;
+    let (ok, out, err) = run_cli(
+        &[
+            "opt-outs",
+            "add",
+            "--agent",
+            "agent-o",
+            "--channel",
+            "sms",
+            "--address",
+            "+1 (415) 555-0123",
+            "--reason",
+            "stop_keyword",
+        ],
+        &env.vars,
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("+14155550123"), "stored normalised: {out}");
+    let (ok, _, err) = run_cli(
+        &[
+            "opt-outs",
+            "add",
+            "--platform",
+            "--channel",
+            "email",
+            "--address",
+            "Bounced@Example.com",
+            "--reason",
+            "hard_bounce",
+        ],
+        &env.vars,
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = run_cli(
+        &[
+            "opt-outs",
+            "add",
+            "--agent",
+            "a",
+            "--channel",
+            "sms",
+            "--address",
+            "+14155550123",
+            "--reason",
+            "bored",
+        ],
+        &env.vars,
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("unknown reason `bored`"), "{err}");
+    let (ok, out, _) = run_cli(&["opt-outs", "list", "--agent", "agent-o"], &env.vars, None);
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "the agent's and the platform-wide one: {out}"
+    );
+    assert!(out.contains("bounced@example.com"));
+    let (ok, _, err) = run_cli(
+        &[
+            "opt-outs",
+            "remove",
+            "--agent",
+            "agent-o",
+            "--channel",
+            "sms",
+            "--address",
+            "+14155550123",
+        ],
+        &env.vars,
+        None,
+    );
+    assert!(ok, "{err}");
+    let (_, out, _) = run_cli(&["opt-outs", "list", "--agent", "agent-o"], &env.vars, None);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn agent_settings_from_the_command_line() {
+    let env = Env::new().await;
+    let (ok, out, err) = run_cli(
+        &[
+            "agents",
+            "set",
+            "--agent",
+            "agent-set",
+            "--timezone",
+            "Europe/Paris",
+            "--send-window",
+            "08:30-19:00",
+            "--limits",
+            r#"{"sms": {"per_second": 2, "per_day": 500}}"#,
+            "--company-name",
+            "Maison Realty",
+        ],
+        &env.vars,
+        None,
+    );
+    assert!(ok, "{err}");
+    let row: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(row["timezone"], "Europe/Paris");
+    assert_eq!(row["send_window_start"], "08:30:00");
+    assert_eq!(row["limits"]["sms"]["per_day"], 500);
+    // Changing one field leaves the others.
+    let (ok, _, err) = run_cli(
+        &[
+            "agents",
+            "set",
+            "--agent",
+            "agent-set",
+            "--quiet-hours-email",
+            "true",
+        ],
+        &env.vars,
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = run_cli(&["agents", "show", "--agent", "agent-set"], &env.vars, None);
+    assert!(ok);
+    let row: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(row["quiet_hours_email"], true);
+    assert_eq!(row["company_name"], "Maison Realty");
+    for (args, expected) in [
+        (vec!["--timezone", "Mars/Base"], "not an IANA time zone"),
+        (vec!["--send-window", "9-5"], "09:00-20:00"),
+        (
+            vec!["--limits", r#"{"fax": {"per_second": 1}}"#],
+            "unknown channel `fax`",
+        ),
+        (
+            vec!["--limits", r#"{"sms": {"per_minute": 1}}"#],
+            "unknown key limits.sms.per_minute",
+        ),
+    ] {
+        let mut all = vec!["agents", "set", "--agent", "agent-set"];
+        all.extend(args);
+        let (ok, _, err) = run_cli(&all, &env.vars, None);
+        assert!(!ok);
+        assert!(err.contains(expected), "{err}");
+    }
+}
