@@ -24,7 +24,7 @@ pub const DEAD_QUEUE: &str = "switchboard.dead";
 pub const REASON_HEADER: &str = "x-switchboard-reason";
 
 #[derive(Debug, thiserror::Error)]
-pub enum PublishError {
+pub enum BrokerError {
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ refused the message (nack)")]
@@ -43,13 +43,13 @@ pub enum PublishError {
 pub const BROKER_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Bounds a wait on the broker by [`BROKER_REPLY_TIMEOUT`].
-pub async fn bounded<T, E>(reply: impl Future<Output = Result<T, E>>) -> Result<T, PublishError>
+pub async fn bounded<T, E>(reply: impl Future<Output = Result<T, E>>) -> Result<T, BrokerError>
 where
-    PublishError: From<E>,
+    BrokerError: From<E>,
 {
     match tokio::time::timeout(BROKER_REPLY_TIMEOUT, reply).await {
         Ok(result) => Ok(result?),
-        Err(_) => Err(PublishError::TimedOut(BROKER_REPLY_TIMEOUT)),
+        Err(_) => Err(BrokerError::TimedOut(BROKER_REPLY_TIMEOUT)),
     }
 }
 
@@ -160,7 +160,7 @@ pub async fn publish_confirmed(
     routing_key: &str,
     body: &[u8],
     properties: BasicProperties,
-) -> Result<(), PublishError> {
+) -> Result<(), BrokerError> {
     let publish = channel.basic_publish(
         exchange.into(),
         routing_key.into(),
@@ -174,10 +174,10 @@ pub async fn publish_confirmed(
     let confirm = bounded(async { publish.await?.await }).await?;
     match confirm {
         lapin::Confirmation::Ack(None) => Ok(()),
-        lapin::Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(format!(
-            "{exchange}/{routing_key}"
-        ))),
-        lapin::Confirmation::Nack(_) => Err(PublishError::Nacked),
+        lapin::Confirmation::Ack(Some(_)) => {
+            Err(BrokerError::Unroutable(format!("{exchange}/{routing_key}")))
+        }
+        lapin::Confirmation::Nack(_) => Err(BrokerError::Nacked),
         lapin::Confirmation::NotRequested => Ok(()),
     }
 }
@@ -186,14 +186,14 @@ pub async fn publish_confirmed(
 /// waiting for many publishes); any nack is an error.
 pub async fn await_confirms(
     confirms: impl IntoIterator<Item = lapin::PublisherConfirm>,
-) -> Result<(), PublishError> {
+) -> Result<(), BrokerError> {
     bounded(async {
         for confirm in confirms {
             if !confirm.await?.is_ack() {
-                return Err(PublishError::Nacked);
+                return Err(BrokerError::Nacked);
             }
         }
-        Ok::<(), PublishError>(())
+        Ok::<(), BrokerError>(())
     })
     .await
 }
@@ -204,7 +204,7 @@ pub async fn publish_job(
     job_id: Uuid,
     agent_id: &str,
     body: &[u8],
-) -> Result<(), PublishError> {
+) -> Result<(), BrokerError> {
     publish_confirmed(
         channel,
         JOBS_EXCHANGE,
@@ -222,7 +222,7 @@ pub async fn dead_letter(
     body: &[u8],
     original: &BasicProperties,
     reason: &str,
-) -> Result<(), PublishError> {
+) -> Result<(), BrokerError> {
     let mut headers = original.headers().clone().unwrap_or_default();
     // AMQP short strings are limited to 255 bytes; long reasons go as long strings.
     headers.insert(

@@ -18,17 +18,45 @@ fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchboard"))
 }
 
-fn spawn(args: &[&str], vars: &HashMap<String, String>) -> Child {
-    binary()
-        .args(args)
-        .env_clear()
-        .envs(vars)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn switchboard")
+/// A spawned switchboard that is killed when the test ends, passed or
+/// panicked, so that no test leaves a process behind.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(args: &[&str], vars: &HashMap<String, String>) -> Running {
+    Running(
+        binary()
+            .args(args)
+            .env_clear()
+            .envs(vars)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn switchboard"),
+    )
 }
 
 fn run_cli(

@@ -68,24 +68,33 @@ enum Session {
     Lost(String),
 }
 
-async fn consume(ctx: &Arc<WorkerContext>, shutdown: &CancellationToken) -> lapin::Result<Session> {
-    let conn = amqp::connect(&ctx.settings.amqp_url, "switchboard-worker").await?;
-    amqp::declare_topology(&conn).await?;
-    let channel = conn.create_channel().await?;
-    channel
-        .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
-        .await?;
-    // Dead letters are published with confirms on their own channel, so a
-    // dead-lettered job is acked only once the broker holds its copy.
-    let dead_letters = amqp::confirm_channel(&conn).await?;
-    let mut consumer = channel
-        .basic_consume(
-            amqp::SEND_QUEUE.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+async fn consume(
+    ctx: &Arc<WorkerContext>,
+    shutdown: &CancellationToken,
+) -> Result<Session, amqp::BrokerError> {
+    // The whole set-up is bounded: a connection that dies half-way must lead
+    // to the next attempt, not to a wait on a reply that never comes.
+    let (conn, channel, dead_letters, mut consumer) = amqp::bounded(async {
+        let conn = amqp::connect(&ctx.settings.amqp_url, "switchboard-worker").await?;
+        amqp::declare_topology(&conn).await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        // Dead letters are published with confirms on their own channel, so a
+        // dead-lettered job is acked only once the broker holds its copy.
+        let dead_letters = amqp::confirm_channel(&conn).await?;
+        let consumer = channel
+            .basic_consume(
+                amqp::SEND_QUEUE.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((conn, channel, dead_letters, consumer))
+    })
+    .await?;
     ctx.metrics.amqp_connected.set(1);
     ctx.metrics.amqp_connects.inc();
     tracing::info!(
@@ -115,8 +124,7 @@ async fn consume(ctx: &Arc<WorkerContext>, shutdown: &CancellationToken) -> lapi
     if let Session::ShutDown = session {
         // Take no new deliveries, let the ones in hand finish (bounded), then
         // close: whatever is still unacked goes back to the queue.
-        let _ = channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        let _ = amqp::bounded(channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()))
             .await;
         let grace = ctx.settings.shutdown_grace;
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
@@ -125,8 +133,8 @@ async fn consume(ctx: &Arc<WorkerContext>, shutdown: &CancellationToken) -> lapi
                 "in-flight jobs did not finish in time; they stay unacked and will be redelivered"
             );
         }
-        let _ = channel.close(200, "shutting down".into()).await;
-        let _ = conn.close(200, "shutting down".into()).await;
+        let _ = amqp::bounded(channel.close(200, "shutting down".into())).await;
+        let _ = amqp::bounded(conn.close(200, "shutting down".into())).await;
     }
     // On a lost connection the tasks in hand keep going: they record their
     // outcomes in Postgres, their acks fail, and the redelivered copies find

@@ -24,7 +24,7 @@ pub enum TickError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Publish(#[from] amqp::PublishError),
+    Publish(#[from] amqp::BrokerError),
     #[error(transparent)]
     Amqp(#[from] lapin::Error),
 }
@@ -48,9 +48,13 @@ async fn session(
     shutdown: &CancellationToken,
     last_prune: &mut Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<(), TickError> {
-    let conn = amqp::connect(&ctx.settings.amqp_url, "switchboard-scheduler").await?;
-    amqp::declare_topology(&conn).await?;
-    let channel = amqp::confirm_channel(&conn).await?;
+    let (conn, channel) = amqp::bounded(async {
+        let conn = amqp::connect(&ctx.settings.amqp_url, "switchboard-scheduler").await?;
+        amqp::declare_topology(&conn).await?;
+        let channel = amqp::confirm_channel(&conn).await?;
+        Ok::<_, lapin::Error>((conn, channel))
+    })
+    .await?;
     loop {
         // Publish while there is a full batch due; then wait for the next tick.
         while publish_due(ctx, &channel).await? == BATCH as usize {}
@@ -63,7 +67,7 @@ async fn session(
         tokio::select! {
             _ = tokio::time::sleep(ctx.settings.scheduler_interval) => {}
             _ = shutdown.cancelled() => {
-                let _ = conn.close(200, "shutting down".into()).await;
+                let _ = amqp::bounded(conn.close(200, "shutting down".into())).await;
                 return Ok(());
             }
         }
@@ -86,15 +90,14 @@ pub async fn publish_due(
     let mut confirms = Vec::with_capacity(due.len());
     for job in &due {
         let body = job.job.to_string();
-        let confirm = channel
-            .basic_publish(
-                amqp::JOBS_EXCHANGE.into(),
-                job.agent_id.as_str().into(),
-                lapin::options::BasicPublishOptions::default(),
-                body.as_bytes(),
-                amqp::job_properties(job.id),
-            )
-            .await?;
+        let confirm = amqp::bounded(channel.basic_publish(
+            amqp::JOBS_EXCHANGE.into(),
+            job.agent_id.as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            body.as_bytes(),
+            amqp::job_properties(job.id),
+        ))
+        .await?;
         confirms.push(confirm);
     }
     // A nack rolls back the transaction: the rows stay and are tried again.
