@@ -122,9 +122,15 @@ async fn a_rabbitmq_outage_is_reconnected_and_every_job_is_sent_once() {
         "it reconnected"
     );
     // Deliveries whose ack was lost come back and are acked as duplicates.
-    wait_until("the queue to drain", || async {
+    wait_for("the queue to drain", || async {
         let depth = publisher.queue_depth().await;
-        (depth == 0 && worker.ctx.metrics.jobs_in_flight.get() == 0).then_some(())
+        let in_flight = worker.ctx.metrics.jobs_in_flight.get();
+        match (depth, in_flight) {
+            (0, 0) => Ok(()),
+            _ => Err(format!(
+                "{depth} ready in the queue, {in_flight} jobs in flight"
+            )),
+        }
     })
     .await;
     worker.stop().await;

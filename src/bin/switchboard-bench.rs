@@ -107,13 +107,21 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
     let jobs = make_jobs(args);
     let body_size = jobs[0].to_string().len();
 
+    let rabbitmq = rabbitmq_pid();
+    let rabbitmq_cpu = || rabbitmq.and_then(cpu_seconds).unwrap_or(f64::NAN);
+    let ceiling_cpu_before = rabbitmq_cpu();
     let ceiling = amqp_ceiling(&env.amqp_url, args.jobs, body_size, args.prefetch).await?;
+    let ceiling_rabbitmq_cpu_s = rabbitmq_cpu() - ceiling_cpu_before;
     eprintln!(
         "raw AMQP ceiling: {ceiling:.0} msgs/s ({} messages of {body_size} bytes)",
         args.jobs
     );
 
     connect_integrations(args, env, &provider).await?;
+    let pool = switchboard::store::pool(&env.db_url, 2)?;
+    let client = pool.get().await?;
+    let commits_before = commits(&client).await?;
+    let run_cpu_before = rabbitmq_cpu();
     let mut worker = spawn_worker(args, env, &provider)?;
 
     let conn = switchboard::amqp::connect(&env.amqp_url, "bench-publisher").await?;
@@ -127,8 +135,6 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
         started.elapsed().as_secs_f64()
     );
 
-    let pool = switchboard::store::pool(&env.db_url, 2)?;
-    let client = pool.get().await?;
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         let done: i64 = client
@@ -154,10 +160,26 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
     }
     let peak_rss_mb = peak_rss_mb(worker.id()).unwrap_or(-1.0);
     let worker_cpu_s = cpu_seconds(worker.id()).unwrap_or(-1.0);
+    let run_rabbitmq_cpu_s = rabbitmq_cpu() - run_cpu_before;
+    // The Postgres backends serving the worker, read before they exit.
+    let backends = client
+        .query(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    let postgres_cpu_s: f64 = backends
+        .iter()
+        .filter_map(|r| cpu_seconds(r.get::<_, i32>(0) as u32))
+        .sum();
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status();
     let _ = worker.wait();
+    // Backends report their counts when they exit; give that a moment.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let commits_after = commits(&client).await?;
 
     let rows = client
         .query("SELECT id, status, updated_at FROM outbound_messages", &[])
@@ -198,11 +220,44 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
         // The worker's own CPU (user + system) per job: steadier than
         // msgs_per_s, which moves with everything else on the machine.
         "worker_cpu_us_per_job": (worker_cpu_s * 1e6 / jobs.len() as f64).round(),
+        // Postgres backends' CPU per job, and transactions per job (2 per
+        // job without batching; the batcher's rows per statement follow).
+        "postgres_cpu_us_per_job": (postgres_cpu_s * 1e6 / jobs.len() as f64).round(),
+        "db_commits_per_job": ((commits_after - commits_before) as f64 / jobs.len() as f64 * 1000.0).round() / 1000.0,
+        // RabbitMQ's own CPU per message, in the ceiling and in this run
+        // (the broker serves the whole machine, so other users add to it).
+        "rabbitmq_cpu_us_per_job": (run_rabbitmq_cpu_s * 1e6 / jobs.len() as f64).round(),
+        "amqp_ceiling_rabbitmq_cpu_us_per_msg": (ceiling_rabbitmq_cpu_s * 1e6 / jobs.len() as f64).round(),
         "amqp_ceiling_msgs_per_s": round(ceiling),
         "ratio": (msgs_per_s / ceiling * 1000.0).round() / 1000.0,
         "failed": failed,
         "provider_requests": served,
     }))
+}
+
+/// The local RabbitMQ node's process (the Erlang VM), if there is one.
+fn rabbitmq_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+            (comm.trim() == "beam.smp" && cmdline.contains("rabbit")).then_some(pid)
+        })
+}
+
+/// Transactions committed in the bench's database so far.
+async fn commits(client: &deadpool_postgres::Client) -> anyhow::Result<i64> {
+    client
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await?
+        .try_get(0)
+        .context("pg_stat_database.xact_commit")
 }
 
 fn round(x: f64) -> f64 {

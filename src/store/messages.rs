@@ -119,9 +119,12 @@ pub async fn claim_many(
                EXISTS(SELECT 1 FROM sequence_cancellations s
                        WHERE i.sequence_id IS NOT NULL AND s.agent_id = i.agent_id
                          AND s.sequence_id = i.sequence_id AND s.recipient IN ('', i.recipient)),
-               -- As it was before this statement: why it could not be claimed.
-               (SELECT status FROM outbound_messages WHERE id = i.id),
-               (SELECT lease_until FROM outbound_messages WHERE id = i.id),
+               -- As it was before this statement: why it could not be claimed
+               -- (looked up only for the rows that were not claimed).
+               CASE WHEN c.id IS NULL THEN
+                   (SELECT status FROM outbound_messages WHERE id = i.id) END,
+               CASE WHEN c.id IS NULL THEN
+                   (SELECT lease_until FROM outbound_messages WHERE id = i.id) END,
                -- The agent's active integration (integrations::COLUMNS).
                g.id, g.agent_id, g.channel, g.provider, g.config, g.secrets_key_id,
                g.secrets_ciphertext, g.active, g.verification_status, g.last_error,

@@ -305,6 +305,25 @@ where
     }
 }
 
+/// Like [`wait_until`], but the check says what it saw when not yet
+/// satisfied, and a timeout reports the last thing it saw.
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(seen) if tokio::time::Instant::now() > deadline => {
+                panic!("timed out waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 /// Publishes jobs the way an application service would.
 pub struct Publisher {
     pub conn: lapin::Connection,
