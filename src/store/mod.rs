@@ -87,11 +87,29 @@ fn pg_config(database_url: &str) -> Result<tokio_postgres::Config, StoreError> {
     Ok(cfg)
 }
 
+const PLANNER_OPTIONS: &str = "-c enable_seqscan=off -c plan_cache_mode=force_generic_plan";
+
 /// A pool whose operations fail within seconds when Postgres is away,
 /// instead of hanging: callers decide how to wait and retry.
 pub fn pool(database_url: &str, max_size: usize) -> Result<Pool, StoreError> {
+    let mut cfg = pg_config(database_url)?;
+    // Every query switchboard makes is a keyed lookup. On a table that has
+    // not been analyzed yet (a fresh deployment, or one that just grew fast)
+    // the planner prices a sequential scan as cheaper, and a prepared
+    // statement keeps that generic plan after the table has grown: the
+    // batched outcome UPDATE then read all of outbound_messages for every
+    // batch. With seq scans as a last resort the plans stay on the indexes,
+    // and then the generic plan is always the right one, so it is used from
+    // the first execution instead of planning each small batch again.
+    // Measured with the benchmark at a steady 1,000 jobs/s: Postgres CPU per
+    // job went from about 1,000 µs to about 500 µs.
+    let options = match cfg.get_options() {
+        Some(given) => format!("{given} {PLANNER_OPTIONS}"),
+        None => PLANNER_OPTIONS.to_string(),
+    };
+    cfg.options(&options);
     let mgr = Manager::from_config(
-        pg_config(database_url)?,
+        cfg,
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
