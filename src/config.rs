@@ -65,6 +65,14 @@ pub struct PlatformAccounts {
     pub resend_webhook_secret: Option<SecretString>,
 }
 
+/// Jobs in flight per worker unless `SWITCHBOARD_PREFETCH` says otherwise.
+/// With a provider answering in 100 ms, each job holds its slot for about
+/// 120 ms (the claim and the outcome write included), so 256 allowed only
+/// just over 2,000 jobs/s; 512 reached 3,600–3,800 in the benchmark, and its
+/// larger batches also cut Postgres CPU per job by a third with an instant
+/// provider. Peak RSS stays under 70 MB.
+pub const DEFAULT_PREFETCH: u16 = 512;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/switchboard`.
@@ -86,8 +94,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     pub provider_urls: ProviderUrls,
     pub platform: PlatformAccounts,
-    /// `SWITCHBOARD_PREFETCH`, default 256: unacked deliveries per worker, and
-    /// so the number of jobs in flight at once.
+    /// `SWITCHBOARD_PREFETCH`, default [`DEFAULT_PREFETCH`]: unacked deliveries
+    /// per worker, and so the number of jobs in flight at once.
     pub prefetch: u16,
     /// `SWITCHBOARD_MAX_ATTEMPTS`, default 5: provider calls per job before a
     /// transient failure becomes `failed`.
@@ -224,8 +232,12 @@ impl Settings {
                 twilio_messaging_service_sid: get("TWILIO_MESSAGING_SERVICE_SID"),
                 resend_webhook_secret: secret("RESEND_WEBHOOK_SECRET"),
             },
-            prefetch: number("SWITCHBOARD_PREFETCH", get("SWITCHBOARD_PREFETCH"), 256)?
-                .clamp(1, u16::MAX as u64) as u16,
+            prefetch: number(
+                "SWITCHBOARD_PREFETCH",
+                get("SWITCHBOARD_PREFETCH"),
+                u64::from(DEFAULT_PREFETCH),
+            )?
+            .clamp(1, u16::MAX as u64) as u16,
             max_attempts: number(
                 "SWITCHBOARD_MAX_ATTEMPTS",
                 get("SWITCHBOARD_MAX_ATTEMPTS"),
@@ -304,7 +316,7 @@ mod tests {
         assert!(!s.simulate);
         assert!(s.keyring.is_none());
         assert_eq!(s.provider_urls.twilio, "https://api.twilio.com");
-        assert_eq!(s.prefetch, 256);
+        assert_eq!(s.prefetch, 512);
     }
 
     #[test]

@@ -48,7 +48,7 @@ struct Args {
     #[arg(long)]
     rate: Option<u64>,
     /// The worker's prefetch (jobs in flight).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = switchboard::config::DEFAULT_PREFETCH)]
     prefetch: u16,
     /// The worker's Postgres pool size.
     #[arg(long, default_value_t = 32)]
