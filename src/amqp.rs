@@ -232,3 +232,29 @@ pub async fn dead_letter(
     let props = original.clone().with_headers(headers).with_delivery_mode(2);
     publish_confirmed(channel, "", DEAD_QUEUE, body, props).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_that_never_comes_becomes_an_error() {
+        // What lapin does when the connection dies at the wrong moment: the
+        // promise is never resolved.
+        let never = std::future::pending::<lapin::Result<()>>();
+        let started = tokio::time::Instant::now();
+        let result = bounded(never).await;
+        assert!(
+            matches!(result, Err(BrokerError::TimedOut(_))),
+            "{result:?}"
+        );
+        assert_eq!(started.elapsed(), BROKER_REPLY_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_in_time_passes_through() {
+        let nacked = async { Err::<(), _>(BrokerError::Nacked) };
+        assert!(matches!(bounded(nacked).await, Err(BrokerError::Nacked)));
+        assert_eq!(bounded(async { Ok::<_, BrokerError>(7) }).await.unwrap(), 7);
+    }
+}
