@@ -24,9 +24,7 @@ pub enum TickError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Publish(#[from] amqp::BrokerError),
-    #[error(transparent)]
-    Amqp(#[from] lapin::Error),
+    Broker(#[from] amqp::BrokerError),
 }
 
 pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {

@@ -293,16 +293,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(what, || {
+        let seen = check();
+        async move { seen.await.ok_or_else(|| "not yet".to_string()) }
+    })
+    .await
 }
 
 /// Like [`wait_until`], but the check says what it saw when not yet
