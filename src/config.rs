@@ -116,6 +116,12 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// `SWITCHBOARD_DB_POOL_SIZE`, default 32.
     pub db_pool_size: usize,
+    /// `SWITCHBOARD_DB_BATCH_WAIT_MS`, default 2: how long a batched write
+    /// waits for more jobs' rows to join it when fewer are ready than fill a
+    /// statement. Trades at most twice this in latency per job (claim and
+    /// outcome) for fewer, larger statements at moderate rates; 0 sends
+    /// whatever is ready at once.
+    pub db_batch_wait: Duration,
     /// `SWITCHBOARD_RETRY_PARK_AFTER_MS`, default 5000: a provider's
     /// Retry-After longer than this parks the job in `scheduled_jobs` instead
     /// of holding a prefetch slot while waiting.
@@ -263,6 +269,7 @@ impl Settings {
                 32,
             )?
             .max(2) as usize,
+            db_batch_wait: ms("SWITCHBOARD_DB_BATCH_WAIT_MS", 2)?.min(Duration::from_secs(1)),
             retry_park_after: ms("SWITCHBOARD_RETRY_PARK_AFTER_MS", 5_000)?,
             rate_wait_max: ms("SWITCHBOARD_RATE_WAIT_MAX_MS", 1_000)?,
             circuit_threshold: number(

@@ -109,19 +109,45 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
 
     let rabbitmq = rabbitmq_pid();
     let rabbitmq_cpu = || rabbitmq.and_then(cpu_seconds).unwrap_or(f64::NAN);
+    let machine_cpu = || machine_busy_seconds().unwrap_or(f64::NAN);
     let ceiling_cpu_before = rabbitmq_cpu();
-    let ceiling = amqp_ceiling(&env.amqp_url, args.jobs, body_size, args.prefetch).await?;
+    let ceiling_machine_before = machine_cpu();
+    let ceiling = amqp_ceiling(
+        &env.amqp_url,
+        args.jobs,
+        body_size,
+        args.prefetch,
+        Ceiling::KeepingUp,
+    )
+    .await?;
     let ceiling_rabbitmq_cpu_s = rabbitmq_cpu() - ceiling_cpu_before;
+    let ceiling_machine_cpu_s = machine_cpu() - ceiling_machine_before;
     eprintln!(
         "raw AMQP ceiling: {ceiling:.0} msgs/s ({} messages of {body_size} bytes)",
         args.jobs
     );
+    let backlog_cpu_before = rabbitmq_cpu();
+    let backlog_machine_before = machine_cpu();
+    let backlog_ceiling = amqp_ceiling(
+        &env.amqp_url,
+        args.jobs,
+        body_size,
+        args.prefetch,
+        Ceiling::Backlog,
+    )
+    .await?;
+    let backlog_rabbitmq_cpu_s = rabbitmq_cpu() - backlog_cpu_before;
+    let backlog_machine_cpu_s = machine_cpu() - backlog_machine_before;
+    eprintln!("raw AMQP ceiling with the queue backed up: {backlog_ceiling:.0} msgs/s");
 
     connect_integrations(args, env, &provider).await?;
     let pool = switchboard::store::pool(&env.db_url, 2)?;
     let client = pool.get().await?;
     let commits_before = commits(&client).await?;
     let run_cpu_before = rabbitmq_cpu();
+    let own_cpu = || cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
+    let own_cpu_before = own_cpu();
+    let run_machine_before = machine_cpu();
     let mut worker = spawn_worker(args, env, &provider)?;
 
     let conn = switchboard::amqp::connect(&env.amqp_url, "bench-publisher").await?;
@@ -164,6 +190,8 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
     let peak_rss_mb = peak_rss_mb(worker.id()).unwrap_or(-1.0);
     let worker_cpu_s = cpu_seconds(worker.id()).unwrap_or(-1.0);
     let run_rabbitmq_cpu_s = rabbitmq_cpu() - run_cpu_before;
+    let publisher_and_mock_cpu_s = own_cpu() - own_cpu_before;
+    let run_machine_cpu_s = machine_cpu() - run_machine_before;
     // The Postgres backends serving the worker, read before they exit.
     let backends = client
         .query(
@@ -230,9 +258,24 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
         // RabbitMQ's own CPU per message, in the ceiling and in this run
         // (the broker serves the whole machine, so other users add to it).
         "rabbitmq_cpu_us_per_job": (run_rabbitmq_cpu_s * 1e6 / jobs.len() as f64).round(),
+        // This process during the run: the publisher and the mock provider.
+        "publisher_and_mock_cpu_us_per_job": (publisher_and_mock_cpu_s * 1e6 / jobs.len() as f64).round(),
         "amqp_ceiling_rabbitmq_cpu_us_per_msg": (ceiling_rabbitmq_cpu_s * 1e6 / jobs.len() as f64).round(),
+        // All the machine's CPU per job (every process and the kernel): on a
+        // machine where everything shares the cores, the throughput ratio
+        // follows the ratio of these.
+        "machine_cpu_us_per_job": (run_machine_cpu_s * 1e6 / jobs.len() as f64).round(),
+        "amqp_ceiling_machine_cpu_us_per_msg": (ceiling_machine_cpu_s * 1e6 / jobs.len() as f64).round(),
+        "amqp_backlog_ceiling_machine_cpu_us_per_msg": (backlog_machine_cpu_s * 1e6 / jobs.len() as f64).round(),
         "amqp_ceiling_msgs_per_s": round(ceiling),
         "ratio": (msgs_per_s / ceiling * 1000.0).round() / 1000.0,
+        // The same raw publish → consume → ack, but with every message
+        // queued before the first is consumed: what RabbitMQ alone manages
+        // when its queue is backed up, as it is in this run whenever the
+        // worker is slower than the publisher.
+        "amqp_backlog_ceiling_msgs_per_s": round(backlog_ceiling),
+        "amqp_backlog_ceiling_rabbitmq_cpu_us_per_msg": (backlog_rabbitmq_cpu_s * 1e6 / jobs.len() as f64).round(),
+        "ratio_to_backlog_ceiling": (msgs_per_s / backlog_ceiling * 1000.0).round() / 1000.0,
         "failed": failed,
         "provider_requests": served,
     }))
@@ -285,6 +328,20 @@ fn peak_rss_mb(pid: u32) -> Option<f64> {
 
 /// The worker's CPU time so far (utime + stime from /proc, in clock ticks
 /// of 1/100 s, Linux's USER_HZ).
+/// CPU seconds the whole machine has been busy (every core, every process,
+/// the kernel included), from the first line of /proc/stat.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = cpu
+        .split_whitespace()
+        .map(|t| t.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: f64 = ticks.iter().take(8).sum::<f64>() - ticks.get(3)? - ticks.get(4)?;
+    Some(busy / 100.0)
+}
+
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
@@ -481,10 +538,14 @@ async fn connect_integrations(
     Ok(())
 }
 
+/// The worker's environment: the benchmark's own wiring, over any other
+/// `SWITCHBOARD_*` tuning variable set where the benchmark runs (say
+/// `SWITCHBOARD_DB_BATCH_WAIT_MS=0`, to compare settings).
 fn worker_env(env: &BenchEnv, provider: &MockProvider, args: &Args) -> HashMap<String, String> {
     use base64::Engine;
     let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-    [
+    let tuning = std::env::vars().filter(|(k, _)| k.starts_with("SWITCHBOARD_"));
+    let wiring = [
         ("DATABASE_URL", env.db_url.clone()),
         ("AMQP_URL", env.amqp_url.clone()),
         ("SWITCHBOARD_ENCRYPTION_KEY", key),
@@ -500,8 +561,8 @@ fn worker_env(env: &BenchEnv, provider: &MockProvider, args: &Args) -> HashMap<S
         ("SWITCHBOARD_PROVIDER_TIMEOUT_MS", "60000".into()),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    .map(|(k, v)| (k.to_string(), v));
+    tuning.chain(wiring).collect()
 }
 
 fn settings_for(
@@ -571,10 +632,30 @@ async fn publish_jobs(
     Ok(published_at)
 }
 
+/// How the ceiling's consumer runs relative to its publisher.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ceiling {
+    /// Consuming while publishing: the consumer keeps up, so RabbitMQ can
+    /// hand most messages on (and drop them at the ack) before it has
+    /// written them to disk.
+    KeepingUp,
+    /// Publishing everything first, then consuming: the queue holds all `n`
+    /// messages, as it does whenever consumers are slower than publishers.
+    /// RabbitMQ then writes, keeps and garbage-collects them all, which costs
+    /// it more CPU per message.
+    Backlog,
+}
+
 /// Raw RabbitMQ: publish `n` messages of `size` bytes with confirms to a
 /// queue and consume them with manual acks and the same prefetch, doing no
 /// work. Returns messages per second, first publish to last ack.
-async fn amqp_ceiling(url: &str, n: usize, size: usize, prefetch: u16) -> anyhow::Result<f64> {
+async fn amqp_ceiling(
+    url: &str,
+    n: usize,
+    size: usize,
+    prefetch: u16,
+    mode: Ceiling,
+) -> anyhow::Result<f64> {
     let conn = switchboard::amqp::connect(url, "bench-ceiling").await?;
     let queue = format!("bench.ceiling.{}", Uuid::new_v4().simple());
     let consume_channel = conn.create_channel().await?;
@@ -591,31 +672,39 @@ async fn amqp_ceiling(url: &str, n: usize, size: usize, prefetch: u16) -> anyhow
     consume_channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
-    let mut consumer = consume_channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     let publish_channel = switchboard::amqp::confirm_channel(&conn).await?;
     let body = vec![b'x'; size];
+    let published = Arc::new(tokio::sync::Notify::new());
     let started = Instant::now();
-    let consume = tokio::spawn(async move {
-        let mut seen = 0;
-        while seen < n {
-            match consumer.next().await {
-                Some(Ok(d)) => {
-                    d.ack(BasicAckOptions::default()).await?;
-                    seen += 1;
-                }
-                Some(Err(e)) => return Err(anyhow::Error::from(e)),
-                None => bail!("consumer ended"),
+    let consume = {
+        let published = published.clone();
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            if mode == Ceiling::Backlog {
+                published.notified().await;
             }
-        }
-        Ok(Instant::now())
-    });
+            let mut consumer = consume_channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let mut seen = 0;
+            while seen < n {
+                match consumer.next().await {
+                    Some(Ok(d)) => {
+                        d.ack(BasicAckOptions::default()).await?;
+                        seen += 1;
+                    }
+                    Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                    None => bail!("consumer ended"),
+                }
+            }
+            Ok(Instant::now())
+        })
+    };
     let mut pending = Vec::new();
     for _ in 0..n {
         let confirm = publish_channel
@@ -633,6 +722,8 @@ async fn amqp_ceiling(url: &str, n: usize, size: usize, prefetch: u16) -> anyhow
         }
     }
     switchboard::amqp::await_confirms(pending).await?;
+    // A stored permit: the consumer proceeds even if it is not waiting yet.
+    published.notify_one();
     let finished = consume.await??;
     let _ = publish_channel
         .queue_delete(queue.as_str().into(), Default::default())

@@ -128,6 +128,20 @@ pub struct SendJobV1 {
 impl SendJob {
     /// Parses and validates a job body exactly as it arrived from the queue.
     pub fn parse(body: &[u8]) -> Result<SendJob, Rejection> {
+        // Straight into the wire struct: every job takes this path, and it
+        // skips building a whole-body `Value` first. Only an object goes
+        // this way (serde would also fill a struct from an array, by
+        // position); a body the struct refuses (not JSON, a repeated key) is
+        // read again below to say why, or to accept what a `Value` accepts.
+        let is_object = body.trim_ascii_start().first() == Some(&b'{');
+        match is_object.then(|| serde_json::from_slice::<SendJobV1>(body)) {
+            Some(Ok(wire)) => wire.validate(),
+            _ => Self::parse_via_value(body),
+        }
+    }
+
+    /// The slow path of [`Self::parse`], which also words the rejections.
+    fn parse_via_value(body: &[u8]) -> Result<SendJob, Rejection> {
         let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| Rejection {
             id: None,
             agent_id: None,
@@ -442,6 +456,21 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(job.category, Category::Marketing);
+    }
+
+    #[test]
+    fn an_array_is_not_a_job_even_in_field_order() {
+        let r = SendJob::parse(format!(r#"["{ID}", "a", "sms", "+14155550123"]"#).as_bytes())
+            .unwrap_err();
+        assert_eq!(r.reason, "body is not a JSON object");
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_the_last_value_as_before() {
+        let body = format!(
+            r#"{{"id": "{ID}", "agent_id": "a", "agent_id": "b", "channel": "sms", "to": "+14155550123", "text": "x"}}"#
+        );
+        assert_eq!(SendJob::parse(body.as_bytes()).unwrap().agent_id, "b");
     }
 
     #[test]

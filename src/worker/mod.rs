@@ -72,9 +72,16 @@ impl WorkerContext {
             },
             pool.clone(),
             BATCH_ROWS,
+            settings.db_batch_wait,
             2,
         );
-        let outcomes = Batcher::spawn(RecordOp, pool.clone(), BATCH_ROWS, 2);
+        let outcomes = Batcher::spawn(
+            RecordOp,
+            pool.clone(),
+            BATCH_ROWS,
+            settings.db_batch_wait,
+            2,
+        );
         Ok(Arc::new(Self {
             claims,
             outcomes,
