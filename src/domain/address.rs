@@ -17,12 +17,26 @@ use super::Channel;
 pub struct EmailAddress(String);
 
 impl EmailAddress {
+    /// Accepts a bare address or one with a display name (`Bob <bob@x.com>`)
+    /// and keeps only the bare address: opt-outs, sequence cancellations and
+    /// providers must all see the same recipient, and a display name would
+    /// otherwise carry whatever it holds (CR/LF included) into mail headers.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let trimmed = raw.trim();
-        if !email_address::EmailAddress::is_valid(trimmed) {
-            return Err(format!("`{}` is not a valid email address", mask(trimmed)));
+        let invalid = || format!("`{}` is not a valid email address", mask(trimmed));
+        if trimmed.chars().any(char::is_control) {
+            return Err(format!("{} (it contains a control character)", invalid()));
         }
-        Ok(Self(trimmed.to_lowercase()))
+        let parsed = trimmed
+            .parse::<email_address::EmailAddress>()
+            .map_err(|_| invalid())?;
+        let bare = parsed.email();
+        // The crate accepts a quoted local part with spaces; no provider we
+        // serve does, so refuse it here rather than at the provider.
+        if bare.chars().any(char::is_whitespace) {
+            return Err(invalid());
+        }
+        Ok(Self(bare.to_lowercase()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -147,12 +161,50 @@ pub fn mask(raw: &str) -> String {
     }
     let head: String = chars[..2].iter().collect();
     let tail: String = chars[chars.len() - 2..].iter().collect();
+    // A hostile value can be any length; what we echo of it must not be
+    // (it ends up in dead-letter headers, events and logs).
+    const MAX_STARS: usize = 16;
+    if chars.len() - 4 > MAX_STARS {
+        return format!(
+            "{head}{}{tail} ({} characters)",
+            "*".repeat(MAX_STARS),
+            chars.len()
+        );
+    }
     format!("{head}{}{tail}", "*".repeat(chars.len() - 4))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_display_name_is_dropped_so_opt_outs_match_the_bare_address() {
+        for raw in ["Bob <Bob@Example.com>", "\"Bob Smith\" <bob@example.com>"] {
+            assert_eq!(
+                EmailAddress::parse(raw).unwrap().as_str(),
+                "bob@example.com",
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn control_characters_never_reach_a_header() {
+        for raw in [
+            "Bob\r\nBcc: eve@evil.com <bob@example.com>",
+            "bob@exa\tmple.com",
+            "bo\u{0}b@example.com",
+        ] {
+            assert!(EmailAddress::parse(raw).is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn masking_a_huge_value_stays_short() {
+        let huge = "x".repeat(140_000);
+        assert!(mask(&huge).len() < 60, "{}", mask(&huge));
+    }
 
     #[test]
     fn emails_are_lower_cased_and_validated() {

@@ -18,6 +18,42 @@ use super::{Channel, Recipient};
 /// limited to 255 bytes.
 const MAX_AGENT_ID_BYTES: usize = 255;
 
+/// Largest job body we read. RabbitMQ would carry far more, but a job is a
+/// message, not an attachment store, and every copy of it (the message row,
+/// `scheduled_jobs`, a dead letter) is paid for again.
+pub const MAX_JOB_BYTES: usize = 1024 * 1024;
+
+/// Longest value of a short field: a subject (RFC 5322's line limit),
+/// campaign and sequence ids.
+const MAX_SHORT_FIELD_CHARS: usize = 998;
+
+/// What a rejection reason may echo of a value the publisher sent: enough to
+/// recognise it, never enough to grow a dead-letter header or an event.
+fn shown(v: &impl ToString) -> String {
+    let s = v.to_string();
+    if s.chars().count() <= 64 {
+        s
+    } else {
+        format!(
+            "{}… ({} characters)",
+            s.chars().take(64).collect::<String>(),
+            s.chars().count()
+        )
+    }
+}
+
+/// Postgres stores neither a NUL in `text` nor `\u0000` in `jsonb`, and no
+/// provider wants one: refused here, at the edge, instead of failing the
+/// outcome write after the message was sent.
+fn nul_in(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(nul_in),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || nul_in(v)),
+        _ => false,
+    }
+}
+
 /// Whether quiet hours apply: marketing waits for the recipient's daytime,
 /// transactional (password resets, appointment confirmations) does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -128,6 +164,17 @@ pub struct SendJobV1 {
 impl SendJob {
     /// Parses and validates a job body exactly as it arrived from the queue.
     pub fn parse(body: &[u8]) -> Result<SendJob, Rejection> {
+        if body.len() > MAX_JOB_BYTES {
+            return Err(Rejection {
+                id: None,
+                agent_id: None,
+                channel: None,
+                reason: format!(
+                    "body is {} bytes; a job may be at most {MAX_JOB_BYTES}",
+                    body.len()
+                ),
+            });
+        }
         // Straight into the wire struct: every job takes this path, and it
         // skips building a whole-body `Value` first. Only an object goes
         // this way (serde would also fill a struct from an array, by
@@ -256,7 +303,8 @@ impl SendJobV1 {
             (None, _) => return Err(reject("missing required field `channel`".into())),
             (Some(v), None) => {
                 return Err(reject(format!(
-                    "field `channel` must be one of email, sms, whatsapp, voice (got {v})"
+                    "field `channel` must be one of email, sms, whatsapp, voice (got {})",
+                    shown(v)
                 )));
             }
             (_, Some(c)) => c,
@@ -274,7 +322,8 @@ impl SendJobV1 {
             None | Some(serde_json::Value::Null) => Category::default(),
             Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
                 reject(format!(
-                    "field `category` must be transactional or marketing (got {v})"
+                    "field `category` must be transactional or marketing (got {})",
+                    shown(v)
                 ))
             })?,
         };
@@ -282,11 +331,32 @@ impl SendJobV1 {
             |name: &str, v: &Option<serde_json::Value>| -> Result<Option<String>, Rejection> {
                 match v {
                     None | Some(serde_json::Value::Null) => Ok(None),
+                    Some(serde_json::Value::String(s)) if s.contains('\0') => {
+                        Err(reject(format!("field `{name}` contains a NUL character")))
+                    }
                     Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
                     Some(_) => Err(reject(format!("field `{name}` must be a string"))),
                 }
             };
-        let subject = text_field("subject", &self.subject)?;
+        // A field that becomes a mail header or a column: one line, bounded.
+        let short_field =
+            |name: &str, v: &Option<serde_json::Value>| -> Result<Option<String>, Rejection> {
+                let s = text_field(name, v)?;
+                if let Some(s) = &s {
+                    if s.chars().any(char::is_control) {
+                        return Err(reject(format!(
+                            "field `{name}` contains a control character (a line break, say)"
+                        )));
+                    }
+                    if s.chars().count() > MAX_SHORT_FIELD_CHARS {
+                        return Err(reject(format!(
+                            "field `{name}` is longer than {MAX_SHORT_FIELD_CHARS} characters"
+                        )));
+                    }
+                }
+                Ok(s)
+            };
+        let subject = short_field("subject", &self.subject)?;
         let text = text_field("text", &self.text)?;
         let html = text_field("html", &self.html)?;
         let reply_to = text_field("reply_to", &self.reply_to)?
@@ -300,15 +370,19 @@ impl SendJobV1 {
         };
         for u in &media_urls {
             let parsed = url::Url::parse(u)
-                .map_err(|_| reject(format!("field `media_urls`: `{u}` is not a URL")))?;
+                .map_err(|_| reject(format!("field `media_urls`: `{}` is not a URL", shown(u))))?;
             if !matches!(parsed.scheme(), "http" | "https") {
                 return Err(reject(format!(
-                    "field `media_urls`: `{u}` must be an http(s) URL"
+                    "field `media_urls`: `{}` must be an http(s) URL",
+                    shown(u)
                 )));
             }
         }
         let template = match &self.template {
             None | Some(serde_json::Value::Null) => None,
+            Some(v @ serde_json::Value::Object(_)) if nul_in(v) => {
+                return Err(reject("field `template` contains a NUL character".into()));
+            }
             Some(v @ serde_json::Value::Object(_)) => Some(v.clone()),
             Some(_) => return Err(reject("field `template` must be an object".into())),
         };
@@ -316,19 +390,27 @@ impl SendJobV1 {
             .map(|s| {
                 DateTime::parse_from_rfc3339(&s)
                     .map(|t| t.with_timezone(&Utc))
-                    .map_err(|_| reject(format!("field `send_at`: `{s}` is not an RFC 3339 time")))
+                    .map_err(|_| {
+                        reject(format!(
+                            "field `send_at`: `{}` is not an RFC 3339 time",
+                            shown(&s)
+                        ))
+                    })
             })
             .transpose()?;
         let timezone = text_field("timezone", &self.timezone)?
             .map(|s| {
                 s.parse::<chrono_tz::Tz>().map_err(|_| {
-                    reject(format!("field `timezone`: `{s}` is not an IANA time zone"))
+                    reject(format!(
+                        "field `timezone`: `{}` is not an IANA time zone",
+                        shown(&s)
+                    ))
                 })
             })
             .transpose()?;
         let campaign = CampaignRef {
-            campaign_id: text_field("campaign_id", &self.campaign_id)?,
-            sequence_id: text_field("sequence_id", &self.sequence_id)?,
+            campaign_id: short_field("campaign_id", &self.campaign_id)?,
+            sequence_id: short_field("sequence_id", &self.sequence_id)?,
             step: match &self.step {
                 None | Some(serde_json::Value::Null) => None,
                 Some(v) => Some(
@@ -339,6 +421,9 @@ impl SendJobV1 {
         };
         let metadata = match &self.metadata {
             None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+            Some(v @ serde_json::Value::Object(_)) if nul_in(v) => {
+                return Err(reject("field `metadata` contains a NUL character".into()));
+            }
             Some(serde_json::Value::Object(m)) => m.clone(),
             Some(_) => return Err(reject("field `metadata` must be an object".into())),
         };
@@ -426,6 +511,64 @@ mod tests {
     }
 
     const ID: &str = "6f1c1c7e-3f55-4b9e-9d57-0f0e6f1a2b3c";
+
+    #[test]
+    fn a_nul_anywhere_postgres_would_refuse_is_rejected_with_the_job_id() {
+        let base = serde_json::json!({
+            "id": ID, "agent_id": "a", "channel": "sms", "to": "+14155550123", "text": "hi"
+        });
+        for (field, value) in [
+            ("text", serde_json::json!("bad\u{0}text")),
+            ("campaign_id", serde_json::json!("c\u{0}")),
+            ("metadata", serde_json::json!({"k": ["x\u{0}"]})),
+            ("metadata", serde_json::json!({"k\u{0}": 1})),
+        ] {
+            let mut job = base.clone();
+            job[field] = value;
+            let r = parse(job).unwrap_err();
+            assert!(r.reason.contains("NUL"), "{field}: {}", r.reason);
+            assert_eq!(r.id, Some(Uuid::parse_str(ID).unwrap()));
+        }
+    }
+
+    #[test]
+    fn a_huge_bad_value_is_not_echoed_in_the_reason() {
+        let huge = "x".repeat(140_000);
+        for field in ["channel", "to", "send_at", "timezone", "category"] {
+            let mut job = serde_json::json!({
+                "id": ID, "agent_id": "a", "channel": "sms", "to": "+14155550123", "text": "hi"
+            });
+            job[field] = serde_json::json!(huge);
+            let r = parse(job).unwrap_err();
+            assert!(r.reason.len() < 300, "{field}: {} bytes", r.reason.len());
+        }
+        let body = format!(
+            r#"{{"id":"{ID}","agent_id":"a","channel":"sms","to":"+14155550123","text":"{}"}}"#,
+            "y".repeat(MAX_JOB_BYTES)
+        );
+        let r = SendJob::parse(body.as_bytes()).unwrap_err();
+        assert!(r.reason.contains("at most"), "{}", r.reason);
+    }
+
+    #[test]
+    fn a_subject_cannot_carry_a_header_line() {
+        let r = parse(serde_json::json!({
+            "id": ID, "agent_id": "a", "channel": "email", "to": "bob@example.com",
+            "subject": "Hi\r\nBcc: eve@example.com", "text": "x"
+        }))
+        .unwrap_err();
+        assert!(r.reason.contains("control character"), "{}", r.reason);
+    }
+
+    #[test]
+    fn a_display_name_recipient_is_stored_as_the_bare_address() {
+        let job = parse(serde_json::json!({
+            "id": ID, "agent_id": "a", "channel": "email", "to": "Bob <Bob@Example.com>",
+            "subject": "s", "text": "x"
+        }))
+        .unwrap();
+        assert_eq!(job.recipient.as_str(), "bob@example.com");
+    }
 
     #[test]
     fn a_full_sms_job_parses_and_round_trips() {
