@@ -215,6 +215,23 @@ pub async fn publish_job(
     .await
 }
 
+/// Longest reason header we write. Headers travel in one AMQP frame (128 KB
+/// by default); a header that does not fit closes the whole connection, so a
+/// reason must never grow with what the publisher sent.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason` cut to [`MAX_REASON_BYTES`] on a character boundary.
+pub fn short_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// Copies a delivery to `switchboard.dead` with its original body and
 /// properties plus the reason header.
 pub async fn dead_letter(
@@ -227,15 +244,86 @@ pub async fn dead_letter(
     // AMQP short strings are limited to 255 bytes; long reasons go as long strings.
     headers.insert(
         ShortString::from(REASON_HEADER),
-        AMQPValue::LongString(reason.into()),
+        AMQPValue::LongString(short_reason(reason).into()),
     );
     let props = original.clone().with_headers(headers).with_delivery_mode(2);
     publish_confirmed(channel, "", DEAD_QUEUE, body, props).await
 }
 
+/// The dead-letter publisher: its own connection, so that a dead letter the
+/// broker refuses (or a broker that closes the connection over it) never
+/// takes the consumer's connection, and every unacked job with it, down.
+/// Reconnects on the next use after a failure.
+pub struct DeadLetters {
+    url: String,
+    channel: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+}
+
+impl DeadLetters {
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            channel: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Publishes with confirm; after an error the connection is dropped and
+    /// the next call opens a new one.
+    pub async fn publish(
+        &self,
+        body: &[u8],
+        original: &BasicProperties,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        let channel = {
+            let mut slot = self.channel.lock().await;
+            match &*slot {
+                Some((conn, ch)) if conn.status().connected() && ch.status().connected() => {
+                    ch.clone()
+                }
+                _ => {
+                    let (conn, ch) = bounded(async {
+                        let conn = connect(&self.url, "switchboard-dead-letters").await?;
+                        let ch = confirm_channel(&conn).await?;
+                        Ok::<_, lapin::Error>((conn, ch))
+                    })
+                    .await?;
+                    *slot = Some((conn, ch.clone()));
+                    ch
+                }
+            }
+        };
+        let result = dead_letter(&channel, body, original, reason).await;
+        if result.is_err() {
+            if let Some((conn, _)) = self.channel.lock().await.take() {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    conn.close(200, "dead-letter publish failed".into()),
+                )
+                .await;
+            }
+        }
+        result
+    }
+
+    pub async fn close(&self) {
+        if let Some((conn, _)) = self.channel.lock().await.take() {
+            let _ = bounded(conn.close(200, "shutting down".into())).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reason_is_cut_on_a_character_boundary() {
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let cut = short_reason(&long);
+        assert!(cut.len() <= MAX_REASON_BYTES && cut.len() >= MAX_REASON_BYTES - 1);
+        assert_eq!(short_reason("short"), "short");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_reply_that_never_comes_becomes_an_error() {

@@ -243,6 +243,14 @@ pub async fn integrations_command(
             settings: values,
         } => {
             let keyring = settings.require_keyring()?;
+            // Checked again at send time; refused here so the mistake is seen
+            // when it is made, not as failed jobs later.
+            if provider == crate::providers::SIMULATION && !settings.simulate {
+                anyhow::bail!(
+                    "`simulation` sends nothing: it can be an agent's integration only while \
+                     SWITCHBOARD_SIMULATE=true"
+                );
+            }
             let id = integrations::connect(
                 &pool, keyring, &registry, &agent, channel, &provider, &values,
             )

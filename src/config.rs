@@ -100,6 +100,13 @@ pub struct Settings {
     /// `SWITCHBOARD_MAX_ATTEMPTS`, default 5: provider calls per job before a
     /// transient failure becomes `failed`.
     pub max_attempts: u32,
+    /// `SWITCHBOARD_AT_LEAST_ONCE`, default empty: providers (comma-separated
+    /// names) whose ambiguous failures (a timeout or 5xx after which the
+    /// provider may have sent the message) are retried anyway, accepting a
+    /// possible duplicate over a possibly unsent message. Providers that
+    /// deduplicate on the job id (Resend) are always retried; for the others
+    /// such a failure is recorded as status `unknown` and never resent.
+    pub at_least_once: Vec<String>,
     /// `SWITCHBOARD_RETRY_BASE_MS`, default 500: first backoff delay.
     pub retry_base: Duration,
     /// `SWITCHBOARD_RETRY_MAX_MS`, default 30000: longest single wait,
@@ -250,6 +257,12 @@ impl Settings {
                 5,
             )?
             .clamp(1, 100) as u32,
+            at_least_once: get("SWITCHBOARD_AT_LEAST_ONCE")
+                .unwrap_or_default()
+                .split(',')
+                .map(|p| p.trim().to_ascii_lowercase())
+                .filter(|p| !p.is_empty())
+                .collect(),
             retry_base: ms("SWITCHBOARD_RETRY_BASE_MS", 500)?,
             retry_max: ms("SWITCHBOARD_RETRY_MAX_MS", 30_000)?,
             provider_timeout: ms("SWITCHBOARD_PROVIDER_TIMEOUT_MS", 15_000)?,

@@ -53,6 +53,10 @@ pub enum RouteError {
         provider: String,
         channel: Channel,
     },
+    #[error(
+        "integration {integration_id} is the simulation, which sends nothing, and simulation is off (SWITCHBOARD_SIMULATE)"
+    )]
+    SimulationOff { integration_id: Uuid },
     #[error(transparent)]
     Unusable(#[from] UnusableIntegration),
 }
@@ -62,6 +66,7 @@ impl RouteError {
         match self {
             RouteError::NoProvider(_) => "no_provider",
             RouteError::UnsupportedProvider { .. } => "unsupported_provider",
+            RouteError::SimulationOff { .. } => "simulation_off",
             RouteError::Unusable(_) => "integration_unusable",
         }
     }
@@ -119,6 +124,22 @@ impl Router {
                     });
                 }
             };
+            // A connected `simulation` is still only a simulation: recorded
+            // as such, and refused when simulation is off, so that a message
+            // is never reported sent by an agent's account that sent nothing.
+            if provider.name() == crate::providers::SIMULATION {
+                if !self.simulate {
+                    return Err(RouteError::SimulationOff {
+                        integration_id: own.id,
+                    });
+                }
+                return Ok(ResolvedRoute {
+                    route: Route::Simulation,
+                    provider,
+                    integration_id: Some(own.id),
+                    settings: own.settings,
+                });
+            }
             return Ok(ResolvedRoute {
                 route: Route::Agent,
                 provider,

@@ -28,6 +28,11 @@ pub struct ProviderError {
     /// The recipient refused messages (Twilio 21610 after STOP): no retry, and
     /// policy may add them to the opt-out list.
     pub recipient_opted_out: bool,
+    /// The request may have reached the provider and been acted on although
+    /// we got no clear answer (a timeout after the request was written, a
+    /// 5xx from a gateway in front of it). Retrying such a failure can send
+    /// the message twice unless the provider deduplicates on our key.
+    pub maybe_sent: bool,
 }
 
 impl ProviderError {
@@ -39,6 +44,16 @@ impl ProviderError {
             message: message.into(),
             retry_after: None,
             recipient_opted_out: false,
+            maybe_sent: false,
+        }
+    }
+
+    /// A transient failure after which the provider may have taken the
+    /// message (see [`Self::maybe_sent`]).
+    pub fn ambiguous(message: impl Into<String>) -> Self {
+        Self {
+            maybe_sent: true,
+            ..Self::transient(message)
         }
     }
 
@@ -52,11 +67,14 @@ impl ProviderError {
             message: message.into(),
             retry_after: None,
             recipient_opted_out: false,
+            maybe_sent: false,
         }
     }
 
     /// An HTTP error answer, classified by status alone: 408, 429 and 5xx can
-    /// succeed later; any other 4xx will not.
+    /// succeed later; any other 4xx will not. A 5xx may come from a gateway
+    /// after the provider took the message, so it is also `maybe_sent`; a 408
+    /// or 429 says the request was not acted on.
     pub fn from_status(
         status: u16,
         code: Option<String>,
@@ -75,6 +93,7 @@ impl ProviderError {
             message,
             retry_after,
             recipient_opted_out: false,
+            maybe_sent: status >= 500,
         }
     }
 
@@ -97,6 +116,7 @@ impl ProviderError {
             "code": self.code,
             "message": self.message,
             "retry_after_ms": self.retry_after.map(|d| d.as_millis() as u64),
+            "maybe_sent": self.maybe_sent,
         })
     }
 }

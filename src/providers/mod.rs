@@ -23,7 +23,7 @@ use async_trait::async_trait;
 
 pub use error::{ErrorKind, ProviderError};
 pub use settings::{ProviderSettings, SettingSpec, SplitSettings, mask_secret, split_settings};
-pub use simulation::Simulation;
+pub use simulation::{NAME as SIMULATION, Simulation};
 
 use crate::config::ProviderUrls;
 use crate::domain::{Channel, SendJob};
@@ -68,6 +68,14 @@ pub trait Provider: Send + Sync + 'static {
         _settings: &ProviderSettings,
     ) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Whether the provider deduplicates on [`SendRequest::idempotency_key`],
+    /// so that repeating a request it may already have acted on cannot send
+    /// the message twice. Without it, the worker does not retry a
+    /// [`ProviderError::maybe_sent`] failure (README, "Delivery guarantees").
+    fn deduplicates(&self) -> bool {
+        false
     }
 
     /// Sends one message. One request, no retries.

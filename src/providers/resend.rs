@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::http::{Reply, execute};
-use super::{Accepted, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec};
+use super::{
+    Accepted, ErrorKind, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec,
+};
 use crate::domain::{Channel, EmailAddress, metadata_pairs};
 
 const SETTINGS: &[SettingSpec] = &[
@@ -120,6 +122,12 @@ impl Provider for Resend {
         }
     }
 
+    /// `Idempotency-Key` = the job id: a repeat within 24 h returns the
+    /// first answer without sending again.
+    fn deduplicates(&self) -> bool {
+        true
+    }
+
     async fn send(&self, request: &SendRequest<'_>) -> Result<Accepted, ProviderError> {
         let api_key = request.settings.require("api_key")?;
         let reply = execute(
@@ -153,12 +161,20 @@ fn error(reply: &Reply) -> ProviderError {
             .and_then(Value::as_str)
             .map(str::to_string)
     };
-    ProviderError::from_status(
+    let name = text("name");
+    let mut err = ProviderError::from_status(
         reply.status,
-        text("name"),
+        name.clone(),
         text("message").unwrap_or_else(|| reply.body_snippet()),
         reply.retry_after(),
-    )
+    );
+    // Another request with the same idempotency key is still being
+    // processed (a retry overtook a slow first try): asking again later gets
+    // that request's answer, never a second email.
+    if name.as_deref() == Some("concurrent_idempotent_requests") {
+        err.kind = ErrorKind::Transient;
+    }
+    err
 }
 
 #[cfg(test)]

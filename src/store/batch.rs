@@ -23,7 +23,7 @@ use super::StoreError;
 
 /// One kind of batched statement.
 pub trait BatchOp: Send + Sync + 'static {
-    type Req: Send + 'static;
+    type Req: Send + Sync + 'static;
     type Resp: Send + 'static;
 
     /// Requests with the same key never share a statement (Postgres refuses
@@ -132,25 +132,28 @@ async fn run_batch<Op: BatchOp>(op: &Op, pool: &Pool, mut batch: Vec<Pending<Op>
             .partition(|(req, _)| seen.insert(Op::key(req)));
         batch = rest;
         let (reqs, replies): (Vec<_>, Vec<_>) = round.into_iter().unzip();
-        match op.run(&client, &reqs).await {
-            Ok(resps) if resps.len() == replies.len() => {
+        match run_checked(op, &client, &reqs).await {
+            Ok(resps) => {
                 for (resp, reply) in resps.into_iter().zip(replies) {
                     let _ = reply.send(Ok(resp));
                 }
             }
-            Ok(resps) => {
-                let e = StoreError::shared(
-                    format!(
-                        "batch returned {} rows for {} requests",
-                        resps.len(),
-                        replies.len()
-                    ),
-                    false,
-                );
-                for reply in replies {
-                    let _ = reply.send(Err(e.to_shared()));
+            // An error no retry can fix is about one row (a value Postgres
+            // refuses, a constraint): it must not fail the other jobs of the
+            // statement, which were sent and only need recording. Each row
+            // is tried alone, so only the culprit gets the error.
+            Err(e) if !e.is_retriable() && reqs.len() > 1 => {
+                tracing::warn!(error = %e, rows = reqs.len(), "a batched write failed; writing its rows one by one");
+                for (req, reply) in reqs.into_iter().zip(replies) {
+                    let one = std::slice::from_ref(&req);
+                    let result = run_checked(op, &client, one)
+                        .await
+                        .map(|mut r| r.remove(0));
+                    let _ = reply.send(result);
                 }
             }
+            // A retriable error (the connection, a restart) is shared by the
+            // whole statement: every caller waits it out and tries again.
             Err(e) => {
                 for reply in replies {
                     let _ = reply.send(Err(e.to_shared()));
@@ -158,6 +161,26 @@ async fn run_batch<Op: BatchOp>(op: &Op, pool: &Pool, mut batch: Vec<Pending<Op>
             }
         }
     }
+}
+
+/// Runs the statement and checks that it answered every request.
+async fn run_checked<Op: BatchOp>(
+    op: &Op,
+    client: &deadpool_postgres::Client,
+    reqs: &[Op::Req],
+) -> Result<Vec<Op::Resp>, StoreError> {
+    let resps = op.run(client, reqs).await?;
+    if resps.len() != reqs.len() {
+        return Err(StoreError::shared(
+            format!(
+                "batch returned {} rows for {} requests",
+                resps.len(),
+                reqs.len()
+            ),
+            false,
+        ));
+    }
+    Ok(resps)
 }
 
 #[cfg(test)]

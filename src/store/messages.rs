@@ -20,10 +20,17 @@ pub const CLAIMABLE: [&str; 3] = ["queued", "scheduled", "deferred"];
 pub enum Claim {
     /// This worker owns the job until the lease ends and must decide it.
     Owned(Box<Claimed>),
-    /// The job already has an outcome: do nothing (idempotency).
-    Finished { status: String },
+    /// The job already has an outcome: do nothing (idempotency), unless
+    /// the outcome still owes a dead letter (its publish failed).
+    Finished {
+        status: String,
+        dead_letter_reason: Option<String>,
+    },
     /// Another worker owns the job right now.
     Leased { until: DateTime<Utc> },
+    /// The id belongs to another job (another agent's, or other content):
+    /// the row is left alone and this delivery is refused.
+    Conflict { reason: String },
 }
 
 /// What the claim read for policy, in the same round trip.
@@ -34,6 +41,10 @@ pub struct Claimed {
     pub attempts: i32,
     /// False when the row existed: a redelivery, a takeover or a due job.
     pub first_delivery: bool,
+    /// The row was `queued` with a lapsed lease: an earlier delivery ended
+    /// without an outcome (its worker died, maybe because of this job). The
+    /// claim counted that delivery in `attempts`.
+    pub taken_over: bool,
     /// The `agents` row as JSON; `None` when this job created the agent.
     pub agent: Option<serde_json::Value>,
     /// Reasons the recipient opted out (this agent's and platform-wide).
@@ -101,10 +112,17 @@ pub async fn claim_many(
                    campaign_id, sequence_id, step, job, now() + make_interval(secs => $10)
               FROM input ORDER BY id
             ON CONFLICT (id) DO UPDATE
-                SET lease_until = EXCLUDED.lease_until, updated_at = now()
+                SET lease_until = EXCLUDED.lease_until, updated_at = now(),
+                    -- A `queued` row whose lease lapsed was left by a delivery
+                    -- that never recorded an outcome: it counts as an attempt,
+                    -- so a job that kills its worker reaches the limit.
+                    attempts = m.attempts + (m.status = 'queued')::int
                 WHERE m.status = ANY($11)
                   AND (m.lease_until IS NULL OR m.lease_until < now())
-            RETURNING m.id, m.attempts, (m.xmax = 0) AS inserted
+                  AND m.agent_id = EXCLUDED.agent_id
+                  AND m.job = EXCLUDED.job
+            RETURNING m.id, m.attempts, (m.xmax = 0) AS inserted,
+                      (m.xmax <> 0 AND m.status = 'queued') AS taken_over
         ), queued AS (
             INSERT INTO outbound_events (message_id, agent_id, channel, event, detail)
             SELECT i.id, i.agent_id, i.channel, 'queued', jsonb_build_object('category', i.category)
@@ -121,16 +139,21 @@ pub async fn claim_many(
                          AND s.sequence_id = i.sequence_id AND s.recipient IN ('', i.recipient)),
                -- As it was before this statement: why it could not be claimed
                -- (looked up only for the rows that were not claimed).
-               CASE WHEN c.id IS NULL THEN
-                   (SELECT status FROM outbound_messages WHERE id = i.id) END,
-               CASE WHEN c.id IS NULL THEN
-                   (SELECT lease_until FROM outbound_messages WHERE id = i.id) END,
+               p.status, p.lease_until,
                -- The agent's active integration (integrations::COLUMNS).
                g.id, g.agent_id, g.channel, g.provider, g.config, g.secrets_key_id,
                g.secrets_ciphertext, g.active, g.verification_status, g.last_error,
                g.created_at, g.updated_at
+               , p.agent_id IS DISTINCT FROM i.agent_id
+                 OR (p.job IS NOT NULL AND p.job <> i.job),
+               p.dead_letter_reason, c.taken_over
           FROM input i
           LEFT JOIN claimed c ON c.id = i.id
+          LEFT JOIN LATERAL (
+              SELECT o.status, o.lease_until, o.agent_id, o.job, o.dead_letter_reason
+                FROM outbound_messages o
+               WHERE c.id IS NULL AND o.id = i.id
+          ) p ON true
           LEFT JOIN integrations g
                  ON c.id IS NOT NULL AND g.agent_id = i.agent_id
                 AND g.channel = i.channel AND g.active";
@@ -170,6 +193,7 @@ pub async fn claim_many(
                 Claim::Owned(Box::new(Claimed {
                     attempts: row.get(2),
                     first_delivery: row.get(3),
+                    taken_over: row.get(23),
                     agent: row.get(4),
                     opt_outs: row.get(5),
                     sequence_cancelled: row.get(6),
@@ -179,10 +203,20 @@ pub async fn claim_many(
                 // No status: another transaction created the row while this
                 // statement ran; it owns the job for now.
                 let status: Option<String> = row.get(7);
+                let conflict: Option<bool> = row.get(21);
                 match status {
-                    Some(status) if !CLAIMABLE.contains(&status.as_str()) => {
-                        Claim::Finished { status }
-                    }
+                    // Checked first: another job's outcome is no answer for
+                    // this one.
+                    Some(status) if conflict == Some(true) => Claim::Conflict {
+                        reason: format!(
+                            "job id {id} is already used by another job (another agent's, or \
+                             different content; that one is {status}): ids must be unique"
+                        ),
+                    },
+                    Some(status) if !CLAIMABLE.contains(&status.as_str()) => Claim::Finished {
+                        status,
+                        dead_letter_reason: row.get(22),
+                    },
                     _ => {
                         let until: Option<DateTime<Utc>> = row.get(8);
                         Claim::Leased {
@@ -244,6 +278,9 @@ pub struct Outcome<'a> {
     pub attempts: i32,
     pub last_error: Option<&'a str>,
     pub events: Vec<EventRow>,
+    /// Set when the outcome must also reach `switchboard.dead`: kept on the
+    /// row until the broker confirmed the copy.
+    pub dead_letter_reason: Option<&'a str>,
 }
 
 /// An outcome as the record statement takes it.
@@ -258,6 +295,7 @@ pub struct OutcomeRow {
     pub attempts: i32,
     pub last_error: Option<String>,
     pub events: serde_json::Value,
+    pub dead_letter_reason: Option<String>,
 }
 
 impl OutcomeRow {
@@ -271,6 +309,7 @@ impl OutcomeRow {
             provider_message_id: outcome.provider_message_id.map(str::to_string),
             attempts: outcome.attempts,
             last_error: outcome.last_error.map(str::to_string),
+            dead_letter_reason: outcome.dead_letter_reason.map(str::to_string),
             events: outcome
                 .events
                 .iter()
@@ -290,15 +329,20 @@ pub async fn record_many(
     const SQL: &str = "
         WITH input AS (
             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[],
-                                 $6::text[], $7::int4[], $8::text[], $9::jsonb[])
+                                 $6::text[], $7::int4[], $8::text[], $9::jsonb[], $11::text[])
                 AS t(id, status, route, provider, integration_id,
-                     provider_message_id, attempts, last_error, events)
+                     provider_message_id, attempts, last_error, events, dead_letter_reason)
         ), m AS (
             UPDATE outbound_messages o
                SET status = i.status, route = i.route, provider = i.provider,
-                   integration_id = i.integration_id,
+                   -- The integration may have been disconnected while its
+                   -- message was at the provider: the outcome is still
+                   -- recorded, without the link (the event keeps the id).
+                   integration_id = (SELECT g.id FROM integrations g
+                                      WHERE g.id = i.integration_id),
                    provider_message_id = i.provider_message_id,
                    attempts = o.attempts + i.attempts, last_error = i.last_error,
+                   dead_letter_reason = i.dead_letter_reason,
                    lease_until = NULL, updated_at = now()
               FROM input i
              WHERE o.id = i.id AND o.status = ANY($10)
@@ -322,6 +366,10 @@ pub async fn record_many(
     let attempts: Vec<i32> = rows.iter().map(|r| r.attempts).collect();
     let errors: Vec<Option<&str>> = rows.iter().map(|r| r.last_error.as_deref()).collect();
     let events: Vec<&serde_json::Value> = rows.iter().map(|r| &r.events).collect();
+    let dead_letters: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.dead_letter_reason.as_deref())
+        .collect();
     let statement = client.prepare_cached(SQL).await?;
     let updated: std::collections::HashSet<Uuid> = client
         .query(
@@ -337,6 +385,7 @@ pub async fn record_many(
                 &errors,
                 &events,
                 &&CLAIMABLE[..],
+                &dead_letters,
             ],
         )
         .await?
@@ -364,6 +413,18 @@ impl super::batch::BatchOp for RecordOp {
     ) -> Result<Vec<bool>, StoreError> {
         record_many(client, reqs).await
     }
+}
+
+/// The dead letter a message owed is in `switchboard.dead`.
+pub async fn clear_dead_letter(client: &impl GenericClient, id: Uuid) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE outbound_messages SET dead_letter_reason = NULL
+              WHERE id = $1 AND dead_letter_reason IS NOT NULL",
+            &[&id],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Records a job that could not be parsed. The message row is created only

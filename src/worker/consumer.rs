@@ -29,12 +29,22 @@ use crate::amqp;
 /// exiting.
 pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
     let scheduler = tokio::spawn(super::scheduler::run(ctx.clone(), shutdown.clone()));
-    consume_until_shutdown(&ctx, &shutdown).await;
+    let dead_letters = Arc::new(amqp::DeadLetters::new(&ctx.settings.amqp_url));
+    consume_until_shutdown(&ctx, &dead_letters, &shutdown).await;
+    dead_letters.close().await;
     let _ = scheduler.await;
     tracing::info!("worker stopped");
 }
 
-async fn consume_until_shutdown(ctx: &Arc<WorkerContext>, shutdown: &CancellationToken) {
+/// How long jobs still in hand after the grace period get to notice that
+/// they are abandoned and return (they stop at their next wait).
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
+
+async fn consume_until_shutdown(
+    ctx: &Arc<WorkerContext>,
+    dead_letters: &Arc<amqp::DeadLetters>,
+    shutdown: &CancellationToken,
+) {
     let new_backoff = || {
         ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(250))
@@ -45,7 +55,7 @@ async fn consume_until_shutdown(ctx: &Arc<WorkerContext>, shutdown: &Cancellatio
     };
     let mut backoff = new_backoff();
     while !shutdown.is_cancelled() {
-        match consume(ctx, shutdown).await {
+        match consume(ctx, dead_letters, shutdown).await {
             Ok(Session::ShutDown) => break,
             Ok(Session::Lost(reason)) => {
                 // It was up: start the next wait from the shortest delay.
@@ -70,20 +80,18 @@ enum Session {
 
 async fn consume(
     ctx: &Arc<WorkerContext>,
+    dead_letters: &Arc<amqp::DeadLetters>,
     shutdown: &CancellationToken,
 ) -> Result<Session, amqp::BrokerError> {
     // The whole set-up is bounded: a connection that dies half-way must lead
     // to the next attempt, not to a wait on a reply that never comes.
-    let (conn, channel, dead_letters, mut consumer) = amqp::bounded(async {
+    let (conn, channel, mut consumer) = amqp::bounded(async {
         let conn = amqp::connect(&ctx.settings.amqp_url, "switchboard-worker").await?;
         amqp::declare_topology(&conn).await?;
         let channel = conn.create_channel().await?;
         channel
             .basic_qos(ctx.settings.prefetch, BasicQosOptions::default())
             .await?;
-        // Dead letters are published with confirms on their own channel, so a
-        // dead-lettered job is acked only once the broker holds its copy.
-        let dead_letters = amqp::confirm_channel(&conn).await?;
         let consumer = channel
             .basic_consume(
                 amqp::SEND_QUEUE.into(),
@@ -92,7 +100,7 @@ async fn consume(
                 FieldTable::default(),
             )
             .await?;
-        Ok::<_, lapin::Error>((conn, channel, dead_letters, consumer))
+        Ok::<_, lapin::Error>((conn, channel, consumer))
     })
     .await?;
     ctx.metrics.amqp_connected.set(1);
@@ -104,6 +112,12 @@ async fn consume(
     );
 
     let tasks = TaskTracker::new();
+    // Shutdown has two stages: `shutdown` stops new deliveries and the waits
+    // that come before a provider call; `abandon` (once the grace period is
+    // over) also stops the waits of jobs whose outcome is not yet recorded.
+    // A send the provider accepted is thus recorded through a database blip
+    // during shutdown instead of being abandoned and sent again.
+    let abandon = CancellationToken::new();
     let session = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Session::ShutDown,
@@ -111,8 +125,11 @@ async fn consume(
                 Some(Ok(delivery)) => {
                     let ctx = ctx.clone();
                     let dead_letters = dead_letters.clone();
-                    let shutdown = shutdown.clone();
-                    tasks.spawn(async move { handle(&ctx, delivery, &dead_letters, &shutdown).await });
+                    let signals = super::job::Signals {
+                        stop: shutdown.clone(),
+                        abandon: abandon.clone(),
+                    };
+                    tasks.spawn(async move { handle(&ctx, delivery, &dead_letters, &signals).await });
                 }
                 Some(Err(e)) => break Session::Lost(e.to_string()),
                 None => break Session::Lost("consumer stream ended".into()),
@@ -132,6 +149,8 @@ async fn consume(
                 ?grace,
                 "in-flight jobs did not finish in time; they stay unacked and will be redelivered"
             );
+            abandon.cancel();
+            let _ = tokio::time::timeout(ABANDON_WAIT, tasks.wait()).await;
         }
         let _ = amqp::bounded(channel.close(200, "shutting down".into())).await;
         let _ = amqp::bounded(conn.close(200, "shutting down".into())).await;
@@ -145,8 +164,8 @@ async fn consume(
 async fn handle(
     ctx: &WorkerContext,
     delivery: Delivery,
-    dead_letters: &lapin::Channel,
-    shutdown: &CancellationToken,
+    dead_letters: &amqp::DeadLetters,
+    signals: &super::job::Signals,
 ) {
     ctx.metrics.jobs_consumed.inc();
     ctx.metrics.jobs_in_flight.inc();
@@ -158,7 +177,7 @@ async fn handle(
         redelivered = delivery.redelivered,
     );
     async {
-        let outcome = process(ctx, &delivery.data, shutdown).await;
+        let outcome = process(ctx, &delivery.data, signals).await;
         if let Some(ts) = delivery.properties.timestamp() {
             let age = chrono::Utc::now().timestamp() - *ts as i64;
             if age >= 0 {
@@ -167,13 +186,22 @@ async fn handle(
         }
         match broker_action(&outcome) {
             BrokerAction::Ack => ack(&delivery).await,
-            BrokerAction::DeadLetter(reason) => {
-                match amqp::dead_letter(dead_letters, &delivery.data, &delivery.properties, &reason)
+            BrokerAction::DeadLetter { reason, owed_by } => {
+                match dead_letters
+                    .publish(&delivery.data, &delivery.properties, &reason)
                     .await
                 {
-                    Ok(()) => ack(&delivery).await,
+                    Ok(()) => {
+                        if let Some(id) = owed_by {
+                            super::job::dead_letter_delivered(ctx, id).await;
+                        }
+                        ack(&delivery).await
+                    }
                     Err(e) => {
-                        // Not acked, so not lost: requeue and try again.
+                        // Not acked, so not lost: requeue and try again. The
+                        // message row remembers that a dead letter is owed,
+                        // so the redelivered copy is dead-lettered again
+                        // rather than acked as a duplicate.
                         tracing::warn!(error = %e, "could not dead-letter; requeueing");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         let _ = amqp::bounded(delivery.nack(BasicNackOptions {

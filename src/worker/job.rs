@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use uuid::Uuid;
 use tokio_util::sync::CancellationToken;
 
 use super::WorkerContext;
@@ -30,7 +31,7 @@ use crate::policy::{self, AgentPolicy, Hold};
 use crate::providers::{Accepted, ProviderError, SendRequest};
 use crate::routing::{ResolvedRoute, RouteError};
 use crate::store::StoreError;
-use crate::store::messages::{self, Claim, Claimed, EventRow};
+use crate::store::messages::{self, Claim, EventRow};
 use crate::store::quotas::{self, Window};
 use crate::store::scheduled;
 
@@ -40,9 +41,17 @@ use crate::store::scheduled;
 pub enum Outcome {
     /// Recorded `sent`.
     Sent,
-    /// Recorded `failed`. Jobs that failed only because retries ran out are
-    /// also dead-lettered, so an operator can replay them.
-    Failed { dead_letter: bool, reason: String },
+    /// Recorded `failed`. Jobs that failed only because retries ran out (or
+    /// deliveries kept dying) are also dead-lettered, so an operator can
+    /// replay them: `dead_letter` is then the message id whose row records
+    /// that a dead letter is owed.
+    Failed {
+        dead_letter: Option<Uuid>,
+        reason: String,
+    },
+    /// Recorded `unknown`: the provider may have taken the message but its
+    /// answer was lost, and it cannot deduplicate a second try.
+    Unknown,
     /// Not a valid job: recorded `rejected` when its id was readable.
     Rejected { reason: String },
     /// The job already had an outcome; nothing was done.
@@ -66,9 +75,22 @@ enum Stop {
     Store(StoreError),
 }
 
+/// What tells a job to stop, in two stages (SIGTERM, then the end of the
+/// grace period).
+#[derive(Clone, Default)]
+pub struct Signals {
+    /// Stop waiting where nothing was sent yet (a claim, a rate limit, the
+    /// backoff before the next try): the job is left for redelivery.
+    pub stop: CancellationToken,
+    /// Stop waiting even with an outcome in hand (the grace period is over):
+    /// until then a send the provider accepted keeps trying to be recorded,
+    /// because giving up would send it again.
+    pub abandon: CancellationToken,
+}
+
 /// Processes one delivery body to a recorded outcome.
-pub async fn process(ctx: &WorkerContext, body: &[u8], shutdown: &CancellationToken) -> Outcome {
-    match process_inner(ctx, body, shutdown).await {
+pub async fn process(ctx: &WorkerContext, body: &[u8], signals: &Signals) -> Outcome {
+    match process_inner(ctx, body, signals).await {
         Ok(outcome) => outcome,
         Err(Stop::Shutdown) => Outcome::Abandoned,
         Err(Stop::Store(e)) => {
@@ -83,8 +105,10 @@ pub async fn process(ctx: &WorkerContext, body: &[u8], shutdown: &CancellationTo
 async fn process_inner(
     ctx: &WorkerContext,
     body: &[u8],
-    shutdown: &CancellationToken,
+    signals: &Signals,
 ) -> Result<Outcome, Stop> {
+    // Waits after the claim use `abandon` unless they come before a send.
+    let shutdown = &signals.abandon;
     let span = tracing::Span::current();
     let job = match SendJob::parse(body) {
         Ok(job) => job,
@@ -113,15 +137,14 @@ async fn process_inner(
     span.record("agent_id", tracing::field::display(&job.agent_id));
     span.record("channel", job.channel.as_str());
 
-    let claimed = match claim(ctx, &job, shutdown).await? {
-        Some(claimed) => claimed,
-        None => {
-            ctx.metrics
-                .message_outcome(job.channel.as_str(), "", "", "duplicate");
-            return Ok(Outcome::Duplicate);
-        }
+    let claimed = match claim(ctx, &job, &signals.stop).await? {
+        Claimed::Owned(claimed) => claimed,
+        Claimed::Done(outcome) => return Ok(outcome),
     };
     let prior_attempts = claimed.attempts;
+    if claimed.taken_over && prior_attempts >= ctx.settings.max_attempts as i32 {
+        return give_up_on_lost_deliveries(ctx, &job, prior_attempts, shutdown).await;
+    }
 
     let agent = AgentPolicy::from_row(claimed.agent.as_ref());
     let now = ctx.clock.now();
@@ -140,7 +163,7 @@ async fn process_inner(
         Err(e) => return record_unroutable(ctx, &job, e, shutdown).await,
     };
 
-    if let Some(park) = check_limits(ctx, &job, &agent, &route, shutdown).await? {
+    if let Some(park) = check_limits(ctx, &job, &agent, &route, &signals.stop).await? {
         return park_job(
             ctx,
             &job,
@@ -152,7 +175,7 @@ async fn process_inner(
         .await;
     }
 
-    let mut delivery = send_with_retries(ctx, &job, &route, prior_attempts, shutdown).await?;
+    let mut delivery = send_with_retries(ctx, &job, &route, prior_attempts, signals).await?;
     if let Some(park) = delivery.park.take() {
         let attempted = Attempted {
             attempts: delivery.attempts,
@@ -164,15 +187,22 @@ async fn process_inner(
     record_delivery(ctx, &job, &route, delivery, shutdown).await
 }
 
-/// Claims the job; `None` when it already has an outcome. When another
-/// worker holds the lease (a redelivery while the first copy is still being
-/// sent, or after that worker died), waits until it finishes or the lease
-/// lapses.
+/// What claiming decided.
+enum Claimed {
+    /// This delivery owns the job and decides it.
+    Owned(Box<messages::Claimed>),
+    /// Nothing to send: the outcome of this delivery.
+    Done(Outcome),
+}
+
+/// Claims the job. When another worker holds the lease (a redelivery while
+/// the first copy is still being sent, or after that worker died), waits
+/// until it finishes or the lease lapses.
 async fn claim(
     ctx: &WorkerContext,
     job: &SendJob,
     shutdown: &CancellationToken,
-) -> Result<Option<Claimed>, Stop> {
+) -> Result<Claimed, Stop> {
     let row = messages::ClaimRow::new(job);
     loop {
         let row = &row;
@@ -185,11 +215,29 @@ async fn claim(
                         "claimed a job that was seen before (due, redelivered or taken over)"
                     );
                 }
-                return Ok(Some(*claimed));
+                return Ok(Claimed::Owned(claimed));
             }
-            Claim::Finished { status } => {
+            Claim::Finished {
+                status,
+                dead_letter_reason: Some(reason),
+            } => {
+                tracing::info!(%status, "job already has an outcome that still owes a dead letter");
+                return Ok(Claimed::Done(Outcome::Failed {
+                    dead_letter: Some(job.id),
+                    reason,
+                }));
+            }
+            Claim::Finished { status, .. } => {
                 tracing::info!(%status, "job already has an outcome; acking without sending");
-                return Ok(None);
+                ctx.metrics
+                    .message_outcome(job.channel.as_str(), "", "", "duplicate");
+                return Ok(Claimed::Done(Outcome::Duplicate));
+            }
+            Claim::Conflict { reason } => {
+                tracing::warn!(%reason, "job id reused; refusing this job");
+                ctx.metrics
+                    .message_outcome(job.channel.as_str(), "", "", "rejected");
+                return Ok(Claimed::Done(Outcome::Rejected { reason }));
             }
             Claim::Leased { until } => {
                 let wait = (until - Utc::now())
@@ -211,6 +259,9 @@ struct Delivery {
     /// Calls made before, by deliveries that died or were parked.
     prior_attempts: i32,
     exhausted: bool,
+    /// The last failure may have sent the message and the provider cannot
+    /// deduplicate a second try: recorded `unknown`, never resent.
+    unconfirmed: bool,
     /// Stop retrying here and park the job: a long Retry-After, or the
     /// account's circuit opened.
     park: Option<Park>,
@@ -261,9 +312,14 @@ async fn send_with_retries(
     job: &SendJob,
     route: &ResolvedRoute,
     prior_attempts: i32,
-    shutdown: &CancellationToken,
+    signals: &Signals,
 ) -> Result<Delivery, Stop> {
     let s = &ctx.settings;
+    // Whether a try that may have reached the provider can be repeated: only
+    // where the provider deduplicates on the job id, or the operator chose
+    // at-least-once for it.
+    let may_repeat = route.provider.deduplicates()
+        || s.at_least_once.iter().any(|p| p == route.provider.name());
     let provider = route.provider.name();
     let request = SendRequest {
         job,
@@ -296,6 +352,7 @@ async fn send_with_retries(
         attempts: 0,
         prior_attempts,
         exhausted: false,
+        unconfirmed: false,
         park: None,
         events: Vec::new(),
         called_at: None,
@@ -323,13 +380,21 @@ async fn send_with_retries(
             .provider_request_duration
             .with_label_values(&[provider, label])
             .observe(started.elapsed().as_secs_f64());
+        let mut opened_now = false;
         if let Some(key) = &circuit {
             let down = result.as_ref().err().is_some_and(looks_down);
             if let Some(t) = ctx.circuits.record(key, down) {
-                record_circuit(ctx, job, route, t, shutdown).await?;
+                opened_now = matches!(t, Transition::Opened { .. });
+                record_circuit(ctx, job, route, t, &signals.abandon).await?;
             }
         }
         let error = match result {
+            Err(e) if e.is_retriable() && e.maybe_sent && !may_repeat => {
+                tracing::warn!(error = %e, "the provider may have taken the message; not sending it again");
+                delivery.result = Err(e);
+                delivery.unconfirmed = true;
+                return Ok(delivery);
+            }
             Err(e) if e.is_retriable() => e,
             result => {
                 delivery.result = result;
@@ -338,6 +403,24 @@ async fn send_with_retries(
         };
         let mut detail = error.to_detail();
         detail["attempt"] = json!(prior_attempts + delivery.attempts);
+        // The failure that opened the account's circuit parks the job for
+        // the cool-down like every job after it, whatever its attempts left.
+        if opened_now
+            && let Some(key) = &circuit
+            && let Gate::Blocked(until) = ctx.circuits.gate(key)
+        {
+            delivery.events.push(EventRow {
+                event: "attempt_failed",
+                detail,
+            });
+            delivery.result = Err(error);
+            delivery.park = Some(Park::deferred(
+                until,
+                "circuit_open",
+                json!({"provider": provider, "integration_id": route.integration_id}),
+            ));
+            return Ok(delivery);
+        }
         // A provider that asks for a long wait gets it without this job
         // holding a prefetch slot meanwhile.
         if let Some(wait) = error.retry_after.filter(|w| *w > s.retry_park_after)
@@ -371,7 +454,7 @@ async fn send_with_retries(
             event: "attempt_failed",
             detail,
         });
-        sleep_or_shutdown(delay, shutdown).await?;
+        sleep_or_shutdown(delay, &signals.stop).await?;
     }
 }
 
@@ -520,6 +603,7 @@ async fn apply_hold(
         reason.as_deref(),
         status,
         detail,
+        None,
         shutdown,
     )
     .await?;
@@ -615,6 +699,24 @@ async fn record_delivery(
                 accepted.provider_message_id.clone(),
             )
         }
+        Err(error) if delivery.unconfirmed => {
+            let mut detail = error.to_detail();
+            detail["attempts"] = json!(total_attempts);
+            detail["route"] = json!(route.route.as_str());
+            detail["integration_id"] = json!(route.integration_id);
+            detail["why"] = json!(
+                "the provider may have taken the message but its answer was lost; it takes no \
+                 idempotency key, so switchboard does not send it again \
+                 (SWITCHBOARD_AT_LEAST_ONCE opts a provider into retrying)"
+            );
+            delivery.events.push(EventRow {
+                event: "unknown",
+                detail,
+            });
+            tracing::warn!(error = %error, recipient = %job.recipient.masked(), "outcome unknown; not resending");
+            let reason = format!("outcome unknown, not resent: {error}");
+            ("unknown", Outcome::Unknown, Some(reason), None)
+        }
         Err(error) => {
             let mut detail = error.to_detail();
             detail["attempts"] = json!(total_attempts);
@@ -635,7 +737,7 @@ async fn record_delivery(
             (
                 "failed",
                 Outcome::Failed {
-                    dead_letter: delivery.exhausted,
+                    dead_letter: delivery.exhausted.then_some(job.id),
                     reason: reason.clone(),
                 },
                 Some(reason),
@@ -652,6 +754,13 @@ async fn record_delivery(
         attempts: delivery.attempts,
         last_error: last_error.as_deref(),
         events: delivery.events,
+        dead_letter_reason: match &outcome {
+            Outcome::Failed {
+                dead_letter: Some(_),
+                reason,
+            } => Some(reason.as_str()),
+            _ => None,
+        },
     };
     record_outcome(ctx, job, &record, shutdown).await?;
     ctx.metrics
@@ -710,11 +819,59 @@ async fn record_unroutable(
         .await?;
     }
     let detail = json!({"code": code, "message": error.to_string()});
-    record_unsent(ctx, job, "failed", Some(&reason), code, detail, shutdown).await?;
+    record_unsent(ctx, job, "failed", Some(&reason), code, detail, None, shutdown).await?;
     Ok(Outcome::Failed {
-        dead_letter: false,
+        dead_letter: None,
         reason,
     })
+}
+
+/// Earlier deliveries of this job kept ending without an outcome (each one's
+/// worker died or lost the job before recording): the job may be what kills
+/// them, so it is failed and dead-lettered instead of tried forever.
+async fn give_up_on_lost_deliveries(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    attempts: i32,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, Stop> {
+    let reason = format!(
+        "gave up: {attempts} attempts ended without an outcome (a worker may have crashed on \
+         this job); SWITCHBOARD_MAX_ATTEMPTS is {}",
+        ctx.settings.max_attempts
+    );
+    tracing::error!(%reason, "poison job");
+    let detail = json!({"code": "attempts_exhausted", "attempts": attempts, "message": reason});
+    record_unsent(
+        ctx,
+        job,
+        "failed",
+        Some(&reason),
+        "failed",
+        detail,
+        Some(&reason),
+        shutdown,
+    )
+    .await?;
+    Ok(Outcome::Failed {
+        dead_letter: Some(job.id),
+        reason,
+    })
+}
+
+/// The dead letter owed for message `id` is in `switchboard.dead`: clear the
+/// debt, so a later redelivery of the job is acked as a duplicate. One try:
+/// if it fails, a redelivery dead-letters a second copy, which replaying
+/// handles like the first (the id is the same).
+pub async fn dead_letter_delivered(ctx: &WorkerContext, id: Uuid) {
+    let result = async {
+        let client = ctx.pool.get().await?;
+        messages::clear_dead_letter(&client, id).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not clear the dead-letter debt; a redelivery may dead-letter again");
+    }
 }
 
 /// Records the final status of a job that reached no provider (suppressed,
@@ -726,6 +883,7 @@ async fn record_unsent(
     last_error: Option<&str>,
     label: &str,
     detail: serde_json::Value,
+    dead_letter_reason: Option<&str>,
     shutdown: &CancellationToken,
 ) -> Result<(), Stop> {
     let record = messages::Outcome {
@@ -740,6 +898,7 @@ async fn record_unsent(
             event: status,
             detail,
         }],
+        dead_letter_reason,
     };
     record_outcome(ctx, job, &record, shutdown).await?;
     ctx.metrics

@@ -108,8 +108,13 @@ const BATCH_ROWS: usize = 200;
 pub enum BrokerAction {
     /// The outcome is recorded: remove the job from the queue.
     Ack,
-    /// Copy the job to `switchboard.dead` with this reason, then ack.
-    DeadLetter(String),
+    /// Copy the job to `switchboard.dead` with this reason, then ack. When
+    /// the message row records that it owes a dead letter (`owed_by`), the
+    /// debt is cleared once the copy is confirmed.
+    DeadLetter {
+        reason: String,
+        owed_by: Option<uuid::Uuid>,
+    },
     /// Nothing was recorded (shutdown came first): leave the delivery unacked
     /// so RabbitMQ gives it to another worker.
     LeaveUnacked,
@@ -118,19 +123,32 @@ pub enum BrokerAction {
 /// The single mapping from a job's outcome to the broker action.
 pub fn broker_action(outcome: &Outcome) -> BrokerAction {
     match outcome {
-        Outcome::Sent | Outcome::Duplicate | Outcome::Suppressed | Outcome::Cancelled => {
-            BrokerAction::Ack
-        }
+        Outcome::Sent
+        | Outcome::Duplicate
+        | Outcome::Suppressed
+        | Outcome::Cancelled
+        | Outcome::Unknown => BrokerAction::Ack,
         Outcome::Deferred { .. } => BrokerAction::Ack,
         Outcome::Failed {
-            dead_letter: false, ..
+            dead_letter: None, ..
         } => BrokerAction::Ack,
         Outcome::Failed {
-            dead_letter: true,
+            dead_letter: Some(id),
             reason,
-        } => BrokerAction::DeadLetter(reason.clone()),
-        Outcome::Rejected { reason } => BrokerAction::DeadLetter(reason.clone()),
-        Outcome::Unrecordable { reason } => BrokerAction::DeadLetter(reason.clone()),
+        } => BrokerAction::DeadLetter {
+            reason: reason.clone(),
+            owed_by: Some(*id),
+        },
+        // A rejection needs no debt on the row: a redelivered copy is
+        // rejected (and dead-lettered) again.
+        Outcome::Rejected { reason } => BrokerAction::DeadLetter {
+            reason: reason.clone(),
+            owed_by: None,
+        },
+        Outcome::Unrecordable { reason } => BrokerAction::DeadLetter {
+            reason: reason.clone(),
+            owed_by: None,
+        },
         Outcome::Abandoned => BrokerAction::LeaveUnacked,
     }
 }
@@ -141,27 +159,35 @@ mod tests {
 
     #[test]
     fn every_outcome_has_one_action() {
+        let id = uuid::Uuid::new_v4();
         assert_eq!(broker_action(&Outcome::Sent), BrokerAction::Ack);
         assert_eq!(broker_action(&Outcome::Duplicate), BrokerAction::Ack);
+        assert_eq!(broker_action(&Outcome::Unknown), BrokerAction::Ack);
         assert_eq!(
             broker_action(&Outcome::Failed {
-                dead_letter: false,
+                dead_letter: None,
                 reason: "x".into()
             }),
             BrokerAction::Ack
         );
         assert_eq!(
             broker_action(&Outcome::Failed {
-                dead_letter: true,
+                dead_letter: Some(id),
                 reason: "x".into()
             }),
-            BrokerAction::DeadLetter("x".into())
+            BrokerAction::DeadLetter {
+                reason: "x".into(),
+                owed_by: Some(id)
+            }
         );
         assert_eq!(
             broker_action(&Outcome::Rejected {
-                reason: "bad".into()
+                reason: "bad".into(),
             }),
-            BrokerAction::DeadLetter("bad".into())
+            BrokerAction::DeadLetter {
+                reason: "bad".into(),
+                owed_by: None
+            }
         );
         assert_eq!(
             broker_action(&Outcome::Abandoned),
