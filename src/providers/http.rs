@@ -35,11 +35,19 @@ impl Reply {
             if !(secs >= 0.0) {
                 return None;
             }
-            return Some(Duration::try_from_secs_f64(secs).map_or(MAX_RETRY_AFTER, |d| d.min(MAX_RETRY_AFTER)));
+            return Some(
+                Duration::try_from_secs_f64(secs)
+                    .map_or(MAX_RETRY_AFTER, |d| d.min(MAX_RETRY_AFTER)),
+            );
         }
         let when = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
         let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-        Some(delta.to_std().unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
+        Some(
+            delta
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(MAX_RETRY_AFTER),
+        )
     }
 
     /// The body as text for an error message, shortened: providers sometimes
@@ -115,8 +123,14 @@ mod tests {
 
     #[test]
     fn a_huge_or_odd_retry_after_is_capped_not_a_panic() {
-        assert_eq!(reply_with_retry_after("1e20").retry_after(), Some(MAX_RETRY_AFTER));
-        assert_eq!(reply_with_retry_after("inf").retry_after(), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            reply_with_retry_after("1e20").retry_after(),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            reply_with_retry_after("inf").retry_after(),
+            Some(MAX_RETRY_AFTER)
+        );
         assert_eq!(reply_with_retry_after("NaN").retry_after(), None);
         assert_eq!(reply_with_retry_after("-3").retry_after(), None);
         assert_eq!(

@@ -146,9 +146,7 @@ async fn run_batch<Op: BatchOp>(op: &Op, pool: &Pool, mut batch: Vec<Pending<Op>
                 tracing::warn!(error = %e, rows = reqs.len(), "a batched write failed; writing its rows one by one");
                 for (req, reply) in reqs.into_iter().zip(replies) {
                     let one = std::slice::from_ref(&req);
-                    let result = run_checked(op, &client, one)
-                        .await
-                        .map(|mut r| r.remove(0));
+                    let result = run_checked(op, &client, one).await.map(|mut r| r.remove(0));
                     let _ = reply.send(result);
                 }
             }

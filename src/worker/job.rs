@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use uuid::Uuid;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::WorkerContext;
 use crate::domain::{Route, SendJob};
@@ -318,8 +318,8 @@ async fn send_with_retries(
     // Whether a try that may have reached the provider can be repeated: only
     // where the provider deduplicates on the job id, or the operator chose
     // at-least-once for it.
-    let may_repeat = route.provider.deduplicates()
-        || s.at_least_once.iter().any(|p| p == route.provider.name());
+    let may_repeat =
+        route.provider.deduplicates() || s.at_least_once.iter().any(|p| p == route.provider.name());
     let provider = route.provider.name();
     let request = SendRequest {
         job,
@@ -819,7 +819,17 @@ async fn record_unroutable(
         .await?;
     }
     let detail = json!({"code": code, "message": error.to_string()});
-    record_unsent(ctx, job, "failed", Some(&reason), code, detail, None, shutdown).await?;
+    record_unsent(
+        ctx,
+        job,
+        "failed",
+        Some(&reason),
+        code,
+        detail,
+        None,
+        shutdown,
+    )
+    .await?;
     Ok(Outcome::Failed {
         dead_letter: None,
         reason,

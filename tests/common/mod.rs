@@ -149,6 +149,19 @@ impl Env {
         Self { db, vhost, vars }
     }
 
+    /// An environment with switchboard's default settings: only the
+    /// connections and the credential key are set. Guarantees are tested
+    /// with this, so that what passes is what users run.
+    pub async fn with_defaults() -> Self {
+        let db = TestDb::new().await;
+        let vhost = TestVhost::new();
+        let mut vars = HashMap::new();
+        vars.insert("DATABASE_URL".into(), db.url.clone());
+        vars.insert("AMQP_URL".into(), vhost.url.clone());
+        vars.insert("SWITCHBOARD_ENCRYPTION_KEY".into(), test_key_b64());
+        Self { db, vhost, vars }
+    }
+
     pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
         self.vars.insert(key.into(), value.into());
         self
