@@ -14,3 +14,8 @@ ALTER TABLE outbound_messages ADD CONSTRAINT outbound_messages_status_check
 -- confirmed the copy. A redelivered copy of a job that still owes one is
 -- dead-lettered again instead of being acked as a duplicate.
 ALTER TABLE outbound_messages ADD COLUMN dead_letter_reason text;
+
+-- The worker that owns a `queued` row: the key of the session-level
+-- advisory lock it holds while it lives (src/store/liveness.rs). A
+-- redelivered copy takes the job over exactly when that lock is free.
+ALTER TABLE outbound_messages ADD COLUMN owner integer;

@@ -472,6 +472,7 @@ async fn deliveries_that_end_without_an_outcome_count_as_attempts() {
             &client,
             std::slice::from_ref(&row),
             Duration::ZERO,
+            None,
         )
         .await
         .unwrap();

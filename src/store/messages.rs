@@ -41,9 +41,9 @@ pub struct Claimed {
     pub attempts: i32,
     /// False when the row existed: a redelivery, a takeover or a due job.
     pub first_delivery: bool,
-    /// The row was `queued` with a lapsed lease: an earlier delivery ended
-    /// without an outcome (its worker died, maybe because of this job). The
-    /// claim counted that delivery in `attempts`.
+    /// An earlier delivery's claim never ended (no outcome, not parked): its
+    /// worker died, maybe because of this job. The claim counted that
+    /// delivery in `attempts`.
     pub taken_over: bool,
     /// The `agents` row as JSON; `None` when this job created the agent.
     pub agent: Option<serde_json::Value>,
@@ -93,8 +93,18 @@ pub async fn claim_many(
     client: &impl GenericClient,
     rows: &[ClaimRow],
     lease: std::time::Duration,
+    owner: Option<i32>,
 ) -> Result<Vec<Claim>, StoreError> {
-    const SQL: &str = "
+    const SQL: &str = CLAIM_SQL;
+    run_claim(client, SQL, rows, lease, owner).await
+}
+
+/// The claim statement. A row is claimable when its status allows it and
+/// nobody owns it: a `queued` row with an `owner` is owned exactly while
+/// that worker holds its advisory lock ([`super::liveness`]); one without
+/// (written before owners existed, or by a claim that passed none) while
+/// its lease lasts.
+pub const CLAIM_SQL: &str = "
         WITH input AS (
             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                  $6::text[], $7::text[], $8::int4[], $9::jsonb[])
@@ -107,22 +117,30 @@ pub async fn claim_many(
         ), claimed AS (
             INSERT INTO outbound_messages AS m
                 (id, agent_id, channel, recipient, category, status,
-                 campaign_id, sequence_id, step, job, lease_until)
+                 campaign_id, sequence_id, step, job, lease_until, owner)
             SELECT id, agent_id, channel, recipient, category, 'queued',
-                   campaign_id, sequence_id, step, job, now() + make_interval(secs => $10)
+                   campaign_id, sequence_id, step, job, now() + make_interval(secs => $10), $12
               FROM input ORDER BY id
             ON CONFLICT (id) DO UPDATE
-                SET lease_until = EXCLUDED.lease_until, updated_at = now(),
-                    -- A `queued` row whose lease lapsed was left by a delivery
-                    -- that never recorded an outcome: it counts as an attempt,
-                    -- so a job that kills its worker reaches the limit.
-                    attempts = m.attempts + (m.status = 'queued')::int
+                SET lease_until = EXCLUDED.lease_until, owner = EXCLUDED.owner,
+                    updated_at = now(),
+                    -- A claim that never ended (no outcome, not parked: its
+                    -- lease is still set) was a delivery that died: that
+                    -- counts as an attempt, so a job that kills its worker
+                    -- reaches the limit.
+                    attempts = m.attempts + (m.lease_until IS NOT NULL)::int
                 WHERE m.status = ANY($11)
-                  AND (m.lease_until IS NULL OR m.lease_until < now())
+                  AND (m.lease_until IS NULL
+                       OR (m.owner IS NULL AND m.lease_until < now())
+                       OR (m.owner IS NOT NULL AND NOT EXISTS (
+                           SELECT 1 FROM pg_locks l
+                            WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                              AND l.database = (SELECT oid FROM pg_database
+                                                 WHERE datname = current_database())
+                              AND l.classid = 21335::oid AND l.objid = m.owner::oid)))
                   AND m.agent_id = EXCLUDED.agent_id
                   AND m.job = EXCLUDED.job
-            RETURNING m.id, m.attempts, (m.xmax = 0) AS inserted,
-                      (m.xmax <> 0 AND m.status = 'queued') AS taken_over
+            RETURNING m.id, m.attempts, (m.xmax = 0) AS inserted
         ), queued AS (
             INSERT INTO outbound_events (message_id, agent_id, channel, event, detail)
             SELECT i.id, i.agent_id, i.channel, 'queued', jsonb_build_object('category', i.category)
@@ -137,8 +155,6 @@ pub async fn claim_many(
                EXISTS(SELECT 1 FROM sequence_cancellations s
                        WHERE i.sequence_id IS NOT NULL AND s.agent_id = i.agent_id
                          AND s.sequence_id = i.sequence_id AND s.recipient IN ('', i.recipient)),
-               -- As it was before this statement: why it could not be claimed
-               -- (looked up only for the rows that were not claimed).
                p.status, p.lease_until,
                -- The agent's active integration (integrations::COLUMNS).
                g.id, g.agent_id, g.channel, g.provider, g.config, g.secrets_key_id,
@@ -146,17 +162,29 @@ pub async fn claim_many(
                g.created_at, g.updated_at
                , p.agent_id IS DISTINCT FROM i.agent_id
                  OR (p.job IS NOT NULL AND p.job <> i.job),
-               p.dead_letter_reason, c.taken_over
+               p.dead_letter_reason,
+               c.id IS NOT NULL AND NOT c.inserted AND p.lease_until IS NOT NULL
           FROM input i
           LEFT JOIN claimed c ON c.id = i.id
+          -- The row as it was before this statement (a statement does not
+          -- see its own changes): why it could not be claimed, or whether
+          -- the claim took it over from a delivery that died.
           LEFT JOIN LATERAL (
               SELECT o.status, o.lease_until, o.agent_id, o.job, o.dead_letter_reason
                 FROM outbound_messages o
-               WHERE c.id IS NULL AND o.id = i.id
+               WHERE o.id = i.id
           ) p ON true
           LEFT JOIN integrations g
                  ON c.id IS NOT NULL AND g.agent_id = i.agent_id
                 AND g.channel = i.channel AND g.active";
+
+async fn run_claim(
+    client: &impl GenericClient,
+    sql: &str,
+    rows: &[ClaimRow],
+    lease: std::time::Duration,
+    owner: Option<i32>,
+) -> Result<Vec<Claim>, StoreError> {
     let col = |f: fn(&ClaimRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let channels: Vec<&str> = rows.iter().map(|r| r.channel).collect();
@@ -165,7 +193,7 @@ pub async fn claim_many(
     let sequences: Vec<Option<String>> = rows.iter().map(|r| r.sequence_id.clone()).collect();
     let steps: Vec<Option<i32>> = rows.iter().map(|r| r.step).collect();
     let jobs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.job).collect();
-    let statement = client.prepare_cached(SQL).await?;
+    let statement = client.prepare_cached(sql).await?;
     let result = client
         .query(
             &statement,
@@ -181,6 +209,7 @@ pub async fn claim_many(
                 &jobs,
                 &lease.as_secs_f64(),
                 &&CLAIMABLE[..],
+                &owner,
             ],
         )
         .await?;
@@ -240,6 +269,8 @@ pub async fn claim_many(
 /// Claims through a [`super::batch::Batcher`].
 pub struct ClaimOp {
     pub lease: std::time::Duration,
+    /// This worker's lock key ([`super::liveness::Liveness::key`]).
+    pub owner: Option<i32>,
 }
 
 impl super::batch::BatchOp for ClaimOp {
@@ -255,7 +286,7 @@ impl super::batch::BatchOp for ClaimOp {
         client: &deadpool_postgres::Client,
         reqs: &[ClaimRow],
     ) -> Result<Vec<Claim>, StoreError> {
-        claim_many(client, reqs, self.lease).await
+        claim_many(client, reqs, self.lease, self.owner).await
     }
 }
 
@@ -343,7 +374,7 @@ pub async fn record_many(
                    provider_message_id = i.provider_message_id,
                    attempts = o.attempts + i.attempts, last_error = i.last_error,
                    dead_letter_reason = i.dead_letter_reason,
-                   lease_until = NULL, updated_at = now()
+                   lease_until = NULL, owner = NULL, updated_at = now()
               FROM input i
              WHERE o.id = i.id AND o.status = ANY($10)
             RETURNING o.id, o.agent_id, o.channel, i.provider, i.provider_message_id, i.events

@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod batch;
 pub mod integrations;
+pub mod liveness;
 pub mod messages;
 pub mod opt_outs;
 pub mod quotas;

@@ -33,6 +33,9 @@ pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
     consume_until_shutdown(&ctx, &dead_letters, &shutdown).await;
     dead_letters.close().await;
     let _ = scheduler.await;
+    // Every job in hand has finished or been abandoned: release the lock, so
+    // that redelivered copies of abandoned ones are taken over at once.
+    ctx.liveness_stop.cancel();
     tracing::info!("worker stopped");
 }
 

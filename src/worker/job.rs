@@ -137,9 +137,9 @@ async fn process_inner(
     span.record("agent_id", tracing::field::display(&job.agent_id));
     span.record("channel", job.channel.as_str());
 
-    let claimed = match claim(ctx, &job, &signals.stop).await? {
-        Claimed::Owned(claimed) => claimed,
-        Claimed::Done(outcome) => return Ok(outcome),
+    let (claimed, epoch) = match claim(ctx, &job, &signals.stop).await? {
+        (Claimed::Owned(claimed), epoch) => (claimed, epoch),
+        (Claimed::Done(outcome), _) => return Ok(outcome),
     };
     let prior_attempts = claimed.attempts;
     if claimed.taken_over && prior_attempts >= ctx.settings.max_attempts as i32 {
@@ -175,6 +175,15 @@ async fn process_inner(
         .await;
     }
 
+    // The claim was made under this process's lock; if the lock was lost
+    // since (the Postgres connection dropped), another worker may have taken
+    // the job over. Claim again before calling anyone.
+    if !ctx.liveness.still(epoch) {
+        tracing::info!("worker lock was lost since the claim; claiming again before sending");
+        if let (Claimed::Done(outcome), _) = claim(ctx, &job, &signals.stop).await? {
+            return Ok(outcome);
+        }
+    }
     let mut delivery = send_with_retries(ctx, &job, &route, prior_attempts, signals).await?;
     if let Some(park) = delivery.park.take() {
         let attempted = Attempted {
@@ -202,9 +211,11 @@ async fn claim(
     ctx: &WorkerContext,
     job: &SendJob,
     shutdown: &CancellationToken,
-) -> Result<Claimed, Stop> {
+) -> Result<(Claimed, u64), Stop> {
     let row = messages::ClaimRow::new(job);
     loop {
+        // Claim only while holding the lock that makes the claim ours.
+        let epoch = ctx.liveness.held(shutdown).await.ok_or(Stop::Shutdown)?;
         let row = &row;
         let claim = retry_db(ctx, shutdown, || ctx.claims.call(row.clone())).await?;
         match claim {
@@ -215,29 +226,32 @@ async fn claim(
                         "claimed a job that was seen before (due, redelivered or taken over)"
                     );
                 }
-                return Ok(Claimed::Owned(claimed));
+                return Ok((Claimed::Owned(claimed), epoch));
             }
             Claim::Finished {
                 status,
                 dead_letter_reason: Some(reason),
             } => {
                 tracing::info!(%status, "job already has an outcome that still owes a dead letter");
-                return Ok(Claimed::Done(Outcome::Failed {
-                    dead_letter: Some(job.id),
-                    reason,
-                }));
+                return Ok((
+                    Claimed::Done(Outcome::Failed {
+                        dead_letter: Some(job.id),
+                        reason,
+                    }),
+                    epoch,
+                ));
             }
             Claim::Finished { status, .. } => {
                 tracing::info!(%status, "job already has an outcome; acking without sending");
                 ctx.metrics
                     .message_outcome(job.channel.as_str(), "", "", "duplicate");
-                return Ok(Claimed::Done(Outcome::Duplicate));
+                return Ok((Claimed::Done(Outcome::Duplicate), epoch));
             }
             Claim::Conflict { reason } => {
                 tracing::warn!(%reason, "job id reused; refusing this job");
                 ctx.metrics
                     .message_outcome(job.channel.as_str(), "", "", "rejected");
-                return Ok(Claimed::Done(Outcome::Rejected { reason }));
+                return Ok((Claimed::Done(Outcome::Rejected { reason }), epoch));
             }
             Claim::Leased { until } => {
                 let wait = (until - Utc::now())

@@ -23,6 +23,7 @@ use crate::providers::{Registry, http_client};
 use crate::routing::Router;
 use crate::store::StoreError;
 use crate::store::batch::Batcher;
+use crate::store::liveness::Liveness;
 use crate::store::messages::{ClaimOp, RecordOp};
 
 pub use consumer::run;
@@ -40,6 +41,10 @@ pub struct WorkerContext {
     pub circuits: Circuits,
     /// Claims and outcomes of concurrent jobs, written a batch per statement.
     pub claims: Batcher<ClaimOp>,
+    /// This process's lock, which makes it the live owner of what it claims.
+    pub liveness: Liveness,
+    /// Stops holding the lock: cancelled when the worker has stopped.
+    pub liveness_stop: tokio_util::sync::CancellationToken,
     pub outcomes: Batcher<RecordOp>,
 }
 
@@ -66,9 +71,12 @@ impl WorkerContext {
         );
         // Two statements of each kind in flight at once keep both of a small
         // machine's cores busy without starving the pool.
+        let liveness_stop = tokio_util::sync::CancellationToken::new();
+        let liveness = Liveness::start(&settings.database_url, liveness_stop.clone())?;
         let claims = Batcher::spawn(
             ClaimOp {
                 lease: settings.lease,
+                owner: Some(liveness.key()),
             },
             pool.clone(),
             BATCH_ROWS,
@@ -84,6 +92,8 @@ impl WorkerContext {
         );
         Ok(Arc::new(Self {
             claims,
+            liveness,
+            liveness_stop,
             outcomes,
             limits: PerSecondLimits::new(clock.clone(), settings.rate_wait_max),
             circuits: Circuits::new(
