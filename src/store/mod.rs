@@ -10,6 +10,7 @@ pub mod batch;
 pub mod integrations;
 pub mod messages;
 pub mod opt_outs;
+pub mod provider_events;
 pub mod quotas;
 pub mod scheduled;
 
