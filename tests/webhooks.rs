@@ -944,3 +944,115 @@ async fn opt_outs_only_get_stronger() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_sweeper_applies_what_requests_left_pending_and_gives_up_on_orphans_after_the_window() {
+    let db = TestDb::new().await;
+    let pool = switchboard::store::pool(&db.url, 2).unwrap();
+    let client = pool.get().await.unwrap();
+    let id = uuid::Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO outbound_messages
+                (id, agent_id, channel, recipient, status, route, provider, provider_message_id)
+             VALUES ($1, 'agent-s', 'sms', '+14155550123', 'sent', 'platform', 'twilio', 'SMswept')",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    // As a request leaves them when its process stops between storing and
+    // applying: one for a message that exists, one for a message that never
+    // appeared and has been waited for longer than the window.
+    let event = |sid: &str| {
+        json!({"kind": "status", "provider_message_id": sid, "event": "delivered",
+               "error": null, "detail": {}})
+    };
+    client
+        .execute(
+            "INSERT INTO webhook_inbox
+                (provider, delivery_id, kind, provider_message_id, event, received_at)
+             VALUES ('twilio', 'SMswept:delivered', 'status', 'SMswept', $1, now()),
+                    ('twilio', 'SMnever:delivered', 'status', 'SMnever', $2,
+                     now() - make_interval(secs => $3))",
+            &[
+                &event("SMswept"),
+                &event("SMnever"),
+                &(switchboard::webhooks::inbox::ORPHAN_WINDOW.as_secs_f64() + 60.0),
+            ],
+        )
+        .await
+        .unwrap();
+    let done = switchboard::webhooks::inbox::sweep_once(&pool)
+        .await
+        .unwrap();
+    assert_eq!(done, 2);
+    let row = switchboard::store::messages::get(&client, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, "delivered");
+    let unmatched: i64 = client
+        .query_one(
+            "SELECT count(*) FROM outbound_events
+              WHERE message_id IS NULL AND provider_message_id = 'SMnever'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unmatched, 1, "kept as an event without a message");
+    let pending: i64 = client
+        .query_one(
+            "SELECT count(*) FROM webhook_inbox WHERE processed_at IS NULL OR event IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 0, "both done, their content forgotten");
+}
+
+#[tokio::test]
+async fn replies_take_effect_in_the_order_they_came_even_when_one_had_to_be_retried() {
+    let db = TestDb::new().await;
+    let pool = switchboard::store::pool(&db.url, 2).unwrap();
+    let client = pool.get().await.unwrap();
+    let reply = |keyword: &str| json!({"kind": "inbound", "channel": "sms", "from": "+14155550123", "keyword": keyword});
+    // START came first but its apply failed and waits for a retry; STOP came
+    // second and is due now.
+    client
+        .execute(
+            "INSERT INTO webhook_inbox
+                (provider, agent_id, delivery_id, kind, event, next_attempt_at)
+             VALUES ('twilio', NULL, 'SM1:received', 'inbound', $1, now() + interval '1 hour'),
+                    ('twilio', NULL, 'SM2:received', 'inbound', $2, now())",
+            &[&reply("start"), &reply("stop")],
+        )
+        .await
+        .unwrap();
+    let sweep = || switchboard::webhooks::inbox::sweep_once(&pool);
+    assert_eq!(
+        sweep().await.unwrap(),
+        0,
+        "STOP waits for the earlier START"
+    );
+    client
+        .execute("UPDATE webhook_inbox SET next_attempt_at = now()", &[])
+        .await
+        .unwrap();
+    let mut done = 0;
+    while done < 2 {
+        done += sweep().await.unwrap();
+    }
+    let reasons: Vec<String> = client
+        .query(
+            "SELECT reason FROM opt_outs WHERE address = '+14155550123'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(reasons, ["stop_keyword"], "the later STOP holds");
+}

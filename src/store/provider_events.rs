@@ -232,6 +232,43 @@ pub async fn postpone(
     Ok(())
 }
 
+/// Leaves a row whose apply failed (not for want of its message) pending,
+/// retried with backoff up to hourly, so that one bad row never stops the
+/// sweeper from applying the others.
+pub async fn retry_later(client: &impl GenericClient, id: i64) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE webhook_inbox
+                SET attempts = attempts + 1,
+                    next_attempt_at = now() + make_interval(secs => least(power(2, attempts), 3600))
+              WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Whether an earlier message from the same person to the same account is
+/// still pending: replies must take effect in the order they came, or a
+/// START stored before a STOP but applied after it would lift the STOP.
+pub async fn earlier_reply_pending(
+    client: &impl GenericClient,
+    row: &Pending,
+    from: &str,
+) -> Result<bool, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (
+                SELECT 1 FROM webhook_inbox
+                 WHERE processed_at IS NULL AND kind = 'inbound' AND id < $1
+                   AND provider = $2 AND integration_id IS NOT DISTINCT FROM $3
+                   AND event->>'from' = $4)",
+            &[&row.id, &row.provider, &row.account.integration_id(), &from],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Pending rows whose next attempt is due, oldest first.
 pub async fn due(client: &impl GenericClient, limit: i64) -> Result<Vec<i64>, StoreError> {
     let rows = client

@@ -218,6 +218,11 @@ pub async fn apply(client: &mut deadpool_postgres::Client, id: i64) -> Result<Ap
             keyword,
         } => {
             let address = from.as_str();
+            if store::earlier_reply_pending(&tx, &row, address).await? {
+                // The sweeper applies the earlier one first (it goes by
+                // id), then this one.
+                return Ok(Applied::Waiting);
+            }
             match keyword {
                 Some(Keyword::Stop) => {
                     let source = format!("{}:reply", row.provider);
@@ -304,8 +309,15 @@ pub async fn sweep_once(pool: &Pool) -> Result<usize, StoreError> {
     let mut client = pool.get().await?;
     let mut done = 0;
     for id in store::due(&client, 100).await? {
-        if apply(&mut client, id).await? == Applied::Done {
-            done += 1;
+        match apply(&mut client, id).await {
+            Ok(Applied::Done) => done += 1,
+            Ok(Applied::Waiting | Applied::Skipped) => {}
+            // The database is away: the whole pass can wait.
+            Err(e) if e.is_retriable() => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, inbox_id = id, "could not apply a stored webhook; will retry");
+                store::retry_later(&client, id).await?;
+            }
         }
     }
     Ok(done)
