@@ -107,7 +107,16 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
-    axum::serve(listener, router(state))
+    // Webhooks are answered once stored; what a request could not apply (a
+    // report that came before its message's outcome was recorded) is applied
+    // by this sweeper, for as long as this server takes webhooks.
+    let sweeper = tokio::spawn(crate::webhooks::inbox::sweep(
+        state.pool.clone(),
+        shutdown.clone(),
+    ));
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        .await;
+    sweeper.abort();
+    served
 }

@@ -511,57 +511,6 @@ pub struct StatusMove<'a> {
     pub from: &'a [&'a str],
 }
 
-/// Records what a provider reported about a message it sent (delivered,
-/// bounced, opened…) as an event, and applies `status_move` if any. A report
-/// for a message we cannot find is still kept, without a message id.
-/// Returns whether the message was found.
-pub async fn apply_provider_event(
-    client: &impl GenericClient,
-    provider: &str,
-    provider_message_id: &str,
-    event: &str,
-    status_move: Option<StatusMove<'_>>,
-    error: Option<&str>,
-    detail: &serde_json::Value,
-) -> Result<bool, StoreError> {
-    const SQL: &str = "
-        WITH target AS (
-            SELECT id, agent_id, channel FROM outbound_messages
-             WHERE provider = $1 AND provider_message_id = $2
-             LIMIT 1
-        ), moved AS (
-            UPDATE outbound_messages o
-               SET status = $6, last_error = COALESCE($4, o.last_error), updated_at = now()
-              FROM target t
-             WHERE o.id = t.id AND $6::text IS NOT NULL AND o.status = ANY($7)
-        ), event AS (
-            INSERT INTO outbound_events
-                (message_id, agent_id, channel, event, provider, provider_message_id, detail)
-            SELECT t.id, t.agent_id, t.channel, $3::text, $1::text, $2::text, $5::jsonb FROM target t
-            UNION ALL
-            SELECT NULL, NULL, NULL, $3::text, $1::text, $2::text, $5::jsonb
-             WHERE NOT EXISTS (SELECT 1 FROM target)
-        )
-        SELECT EXISTS (SELECT 1 FROM target)";
-    let to = status_move.map(|m| m.to);
-    let from: &[&str] = status_move.map(|m| m.from).unwrap_or(&[]);
-    let row = client
-        .query_one(
-            SQL,
-            &[
-                &provider,
-                &provider_message_id,
-                &event,
-                &error,
-                detail,
-                &to,
-                &from,
-            ],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
 /// A message as other services see it (used by tests and the API).
 #[derive(Debug, Clone)]
 pub struct MessageRow {

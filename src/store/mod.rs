@@ -11,6 +11,7 @@ pub mod integrations;
 pub mod liveness;
 pub mod messages;
 pub mod opt_outs;
+pub mod provider_events;
 pub mod quotas;
 pub mod scheduled;
 

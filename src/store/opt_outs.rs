@@ -1,5 +1,10 @@
 //! `opt_outs`: who must not be messaged, per agent and channel or
 //! platform-wide (agent_id NULL). Addresses are stored normalised.
+//!
+//! An opt-out only ever gets stronger here: a later, weaker reason never
+//! replaces a stronger one ([`STRENGTH`]), and the person's own START lifts
+//! only what their STOP set ([`lift_stop_keyword`]). Removing anything else
+//! is an operator's decision ([`remove`]).
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -9,13 +14,28 @@ use super::StoreError;
 use super::scheduled::{StepFilter, cancel_steps};
 use crate::domain::Channel;
 
-pub const REASONS: [&str; 6] = [
-    "stop_keyword",
+pub const REASONS: [&str; 6] = STRENGTH;
+
+/// The reasons from weakest to strongest. A new opt-out for an address that
+/// already has one replaces it only when its reason comes later here:
+///
+/// - `unsubscribe` stops marketing only (`policy::STOPS_TRANSACTIONAL`), so
+///   it is the weakest;
+/// - `stop_keyword` stops everything, but the person can lift it with START;
+/// - `provider_rejected`, `hard_bounce`, `complaint` and `manual` stop
+///   everything until an operator removes them, ordered by how strongly each
+///   says "never": the provider refuses today, the mailbox is dead, the person
+///   complained, an operator decided.
+///
+/// So a STOP followed by a list `unsubscribe` keeps blocking transactional
+/// messages, and a complaint followed by a STOP cannot be undone by START.
+pub const STRENGTH: [&str; 6] = [
     "unsubscribe",
+    "stop_keyword",
+    "provider_rejected",
     "hard_bounce",
     "complaint",
     "manual",
-    "provider_rejected",
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,12 +60,37 @@ pub async fn add(
     source: Option<&str>,
 ) -> Result<u64, StoreError> {
     let tx = client.transaction().await?;
+    let n = add_in(&tx, agent_id, channel, address, reason, source).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// [`add`] inside the caller's transaction.
+pub async fn add_in(
+    tx: &impl GenericClient,
+    agent_id: Option<&str>,
+    channel: Channel,
+    address: &str,
+    reason: &str,
+    source: Option<&str>,
+) -> Result<u64, StoreError> {
+    // The source goes with the reason it explains. An equal reason keeps the
+    // first source: the earliest evidence is the one worth keeping.
     tx.execute(
         "INSERT INTO opt_outs (agent_id, channel, address, reason, source)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (agent_id, channel, address) DO UPDATE
-            SET reason = EXCLUDED.reason, source = EXCLUDED.source",
-        &[&agent_id, &channel.as_str(), &address, &reason, &source],
+            SET reason = EXCLUDED.reason, source = EXCLUDED.source
+          WHERE array_position($6::text[], EXCLUDED.reason)
+              > array_position($6::text[], opt_outs.reason)",
+        &[
+            &agent_id,
+            &channel.as_str(),
+            &address,
+            &reason,
+            &source,
+            &&STRENGTH[..],
+        ],
     )
     .await?;
     let filter = StepFilter {
@@ -55,9 +100,7 @@ pub async fn add(
         ..Default::default()
     };
     let detail = serde_json::json!({"reason": "opt_out", "opt_out_reason": reason});
-    let n = cancel_steps(&tx, &filter, &detail).await?;
-    tx.commit().await?;
-    Ok(n)
+    cancel_steps(tx, &filter, &detail).await
 }
 
 pub async fn list(client: &impl GenericClient, agent_id: &str) -> Result<Vec<OptOut>, StoreError> {
@@ -81,16 +124,43 @@ pub async fn list(client: &impl GenericClient, agent_id: &str) -> Result<Vec<Opt
         .collect())
 }
 
+/// An operator's removal: whatever the reason. Returns whether there was one.
 pub async fn remove(
     client: &impl GenericClient,
     agent_id: Option<&str>,
     channel: Channel,
     address: &str,
 ) -> Result<bool, StoreError> {
+    delete(client, agent_id, channel, address, None).await
+}
+
+/// The person's START: lifts the opt-out only if their STOP set it. Any
+/// stronger reason (a complaint, a bounce, an operator's block) stays, and so
+/// does a platform-wide opt-out: a reply to one agent's number speaks for
+/// that agent only. Returns whether an opt-out was lifted.
+pub async fn lift_stop_keyword(
+    client: &impl GenericClient,
+    agent_id: Option<&str>,
+    channel: Channel,
+    address: &str,
+) -> Result<bool, StoreError> {
+    delete(client, agent_id, channel, address, Some("stop_keyword")).await
+}
+
+/// Deletes the opt-out, only if its reason is `only` when given.
+async fn delete(
+    client: &impl GenericClient,
+    agent_id: Option<&str>,
+    channel: Channel,
+    address: &str,
+    only: Option<&str>,
+) -> Result<bool, StoreError> {
     let n = client
         .execute(
-            "DELETE FROM opt_outs WHERE agent_id IS NOT DISTINCT FROM $1 AND channel = $2 AND address = $3",
-            &[&agent_id, &channel.as_str(), &address],
+            "DELETE FROM opt_outs
+              WHERE agent_id IS NOT DISTINCT FROM $1 AND channel = $2 AND address = $3
+                AND ($4::text IS NULL OR reason = $4)",
+            &[&agent_id, &channel.as_str(), &address, &only],
         )
         .await?;
     Ok(n > 0)

@@ -4,10 +4,13 @@
 //! Every request is verified with the provider's signature, keyed by that
 //! integration's secret, before anything is read from it: a forged request
 //! gets 401 and changes nothing. Parsing and signature checks live beside
-//! each provider; this module finds the secret and records what was said.
+//! each provider; this module finds the secret, turns what was said into an
+//! [`inbox::ProviderEvent`] and hands it to the inbox, which stores it before
+//! we answer and applies it scoped to the account it came in on.
 //! Built so far: Twilio (status callbacks, STOP / START replies) and Resend
-//! (delivery, bounces, complaints, opens, clicks).
+//! (delivery, bounces, complaints, opens, clicks). Secrets are never logged.
 
+pub mod inbox;
 pub mod resend;
 pub mod twilio;
 
@@ -18,14 +21,23 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::domain::{Channel, EmailAddress, PhoneNumber, mask};
+use crate::domain::{Channel, EmailAddress, PhoneNumber};
 use crate::http::HttpState;
 use crate::integrations;
-use crate::store::messages::StatusMove;
-use crate::store::{self, StoreError};
+use crate::store;
+use crate::store::provider_events::Account;
+use inbox::{Accepted, Delivery, EmailOptOut, ProviderEvent};
 
 /// The answer Twilio expects to an incoming message: no reply.
 const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response></Response>"#;
+
+fn count(state: &HttpState, provider: &str, outcome: &str) {
+    state
+        .metrics
+        .webhooks
+        .with_label_values(&[provider, outcome])
+        .inc();
+}
 
 fn refuse(
     state: &HttpState,
@@ -34,34 +46,33 @@ fn refuse(
     outcome: &str,
     message: &str,
 ) -> Response {
-    state
-        .metrics
-        .webhooks
-        .with_label_values(&[provider, outcome])
-        .inc();
+    count(state, provider, outcome);
     (status, format!("{message}\n")).into_response()
 }
 
-fn accepted(state: &HttpState, provider: &str) {
-    state
-        .metrics
-        .webhooks
-        .with_label_values(&[provider, "accepted"])
-        .inc();
+/// The account a webhook URL names, the secret that signs its webhooks, and
+/// the agent that owns it (`None` for the platform's account).
+struct Owner {
+    account: Account,
+    secret: String,
+    agent_id: Option<String>,
 }
 
-/// The secret that signs `owner`'s webhooks, and the agent that owns them
-/// (`None` for the platform's account). `Err` is the response to give.
+/// Finds `owner`'s account and secret. `Err` is the response to give.
 async fn account_secret(
     state: &HttpState,
     provider: &'static str,
     owner: &str,
     key: &str,
     platform_secret: Option<&SecretString>,
-) -> Result<(String, Option<String>), Response> {
+) -> Result<Owner, Response> {
     if owner == "platform" {
         return match platform_secret {
-            Some(s) => Ok((s.expose_secret().to_string(), None)),
+            Some(s) => Ok(Owner {
+                account: Account::Platform,
+                secret: s.expose_secret().to_string(),
+                agent_id: None,
+            }),
             None => Err(refuse(
                 state,
                 provider,
@@ -105,7 +116,11 @@ async fn account_secret(
     let agent = row.agent_id.clone();
     match integrations::activate(state.keyring.as_ref(), Some(row)) {
         Ok(Some(active)) => match active.settings.get(key) {
-            Some(secret) => Ok((secret.to_string(), Some(agent))),
+            Some(secret) => Ok(Owner {
+                account: Account::Integration(id),
+                secret: secret.to_string(),
+                agent_id: Some(agent),
+            }),
             None => Err(refuse(
                 state,
                 provider,
@@ -124,6 +139,35 @@ async fn account_secret(
     }
 }
 
+/// Stores a verified notification and answers: `ok` once it is stored (or
+/// was already), 503 when even that failed. The 503 is all we can do then:
+/// with the database unreachable there is nowhere durable to put it, and a
+/// provider that retries (Resend does; Twilio only with a retry policy on
+/// the URL) will bring it again.
+async fn accept(state: &HttpState, delivery: Delivery<'_>, ok: Response) -> Response {
+    let provider = delivery.provider;
+    match inbox::accept(&state.pool, delivery).await {
+        Ok(accepted) => {
+            let outcome = match accepted {
+                Accepted::Stored => "accepted",
+                Accepted::Duplicate => "duplicate",
+            };
+            count(state, provider, outcome);
+            ok
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, provider, "webhook: could not store it; asking the provider to retry");
+            refuse(
+                state,
+                provider,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "try again",
+            )
+        }
+    }
+}
+
 /// `POST /webhooks/twilio/{integration_id|platform}`
 pub async fn twilio_webhook(
     State(state): State<HttpState>,
@@ -132,24 +176,30 @@ pub async fn twilio_webhook(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let platform = state.platform.twilio_auth_token.as_ref();
-    let (auth_token, agent_id) =
-        match account_secret(&state, "twilio", &owner, "auth_token", platform).await {
-            Ok(found) => found,
-            Err(response) => return response,
-        };
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    // Twilio signs the URL it called: ours as the public sees it.
-    let base = match &state.public_url {
-        Some(base) => base.clone(),
-        None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            format!("http://{host}")
-        }
+    // Twilio signs the URL it called: ours as the public sees it. Behind a
+    // TLS proxy the request we get says neither the scheme nor, reliably,
+    // the host Twilio used, so without the public URL every signature would
+    // fail as if forged; say what is wrong instead.
+    let Some(base) = state.public_url.as_deref() else {
+        tracing::error!(
+            %owner,
+            "Twilio webhook refused: set SWITCHBOARD_PUBLIC_URL to the URL Twilio calls \
+             (e.g. https://hooks.example.com) so that its signatures can be checked"
+        );
+        return refuse(
+            &state,
+            "twilio",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "misconfigured",
+            "SWITCHBOARD_PUBLIC_URL is not set, so Twilio signatures cannot be checked",
+        );
     };
+    let platform = state.platform.twilio_auth_token.as_ref();
+    let account = match account_secret(&state, "twilio", &owner, "auth_token", platform).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let url = format!(
         "{base}{}",
         uri.path_and_query()
@@ -160,7 +210,7 @@ pub async fn twilio_webhook(
         .get("x-twilio-signature")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !twilio::signature_is_valid(&auth_token, &url, &params, signature) {
+    if !twilio::signature_is_valid(&account.secret, &url, &params, signature) {
         tracing::warn!(%owner, "Twilio webhook with a missing or wrong X-Twilio-Signature");
         return refuse(
             &state,
@@ -170,90 +220,72 @@ pub async fn twilio_webhook(
             "invalid X-Twilio-Signature",
         );
     }
-    if let Err(e) = record_twilio(&state, agent_id.as_deref(), twilio::parse(&params)).await {
-        tracing::warn!(error = %e, "Twilio webhook: could not record; Twilio will retry");
-        return refuse(
-            &state,
-            "twilio",
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "try again",
-        );
-    }
-    accepted(&state, "twilio");
-    ([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response()
+    let ok = ([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response();
+    let Some((delivery_id, event)) = twilio_event(twilio::parse(&params)) else {
+        count(&state, "twilio", "ignored");
+        return ok;
+    };
+    let delivery = Delivery {
+        provider: "twilio",
+        account: account.account,
+        agent_id: account.agent_id.as_deref(),
+        delivery_id: &delivery_id,
+        event,
+    };
+    accept(&state, delivery, ok).await
 }
 
-async fn record_twilio(
-    state: &HttpState,
-    agent_id: Option<&str>,
-    notice: twilio::Notice,
-) -> Result<(), StoreError> {
-    let mut client = state.pool.get().await?;
+/// What a Twilio notice means, and its id: Twilio signs no timestamp, so a
+/// captured request is valid forever and only its id tells a replay apart.
+/// A status report is identified by its message and status (Twilio reports
+/// each status of a message once), an incoming message by its own SID.
+fn twilio_event(notice: twilio::Notice) -> Option<(String, ProviderEvent)> {
     match notice {
-        twilio::Notice::Ignored => Ok(()),
+        twilio::Notice::Ignored => None,
         twilio::Notice::Status {
             message_sid,
             event,
             provider_status,
             error_code,
         } => {
+            let error = error_code
+                .as_ref()
+                .map(|c| format!("twilio {provider_status}: error {c}"));
             let detail = json!({"provider_status": provider_status, "error_code": error_code});
-            let error = error_code.map(|c| format!("twilio {provider_status}: error {c}"));
-            let status_move = matches!(event, "delivered" | "failed").then_some(StatusMove {
-                to: event,
-                from: &["sent"],
-            });
-            store::messages::apply_provider_event(
-                &client,
-                "twilio",
-                &message_sid,
-                event,
-                status_move,
-                error.as_deref(),
-                &detail,
-            )
-            .await?;
-            Ok(())
+            Some((
+                format!("{message_sid}:{provider_status}"),
+                ProviderEvent::Status {
+                    provider_message_id: message_sid,
+                    event: event.to_string(),
+                    error,
+                    detail,
+                    opt_out: None,
+                },
+            ))
         }
         twilio::Notice::Inbound {
+            message_sid,
             from,
             body: _,
             keyword,
         } => {
+            // Without its SID a reply could be replayed without end; Twilio
+            // always sends one, so a request without is not worth acting on.
+            let message_sid = message_sid?;
             let channel = if from.starts_with("whatsapp:") {
                 Channel::Whatsapp
             } else {
                 Channel::Sms
             };
-            let Ok(phone) = PhoneNumber::parse(&from) else {
-                return Ok(());
-            };
-            let address = phone.as_str();
-            let keyword_name = match keyword {
-                Some(twilio::Keyword::Stop) => {
-                    store::opt_outs::add(
-                        &mut client,
-                        agent_id,
-                        channel,
-                        address,
-                        "stop_keyword",
-                        Some("twilio:reply"),
-                    )
-                    .await?;
-                    Some("stop")
-                }
-                Some(twilio::Keyword::Start) => {
-                    store::opt_outs::remove(&client, agent_id, channel, address).await?;
-                    Some("start")
-                }
-                None => None,
-            };
-            let detail = json!({"from": mask(address), "keyword": keyword_name});
-            store::messages::record_account_event(
-                &client, agent_id, channel, "received", "twilio", &detail,
-            )
-            .await
+            let from = PhoneNumber::parse(&from).ok()?;
+            Some((
+                format!("{message_sid}:received"),
+                ProviderEvent::Inbound {
+                    channel,
+                    from,
+                    keyword,
+                },
+            ))
         }
     }
 }
@@ -266,27 +298,31 @@ pub async fn resend_webhook(
     body: axum::body::Bytes,
 ) -> Response {
     let platform = state.platform.resend_webhook_secret.as_ref();
-    let (secret, agent_id) =
-        match account_secret(&state, "resend", &owner, "webhook_secret", platform).await {
-            Ok(found) => found,
-            Err(response) => return response,
-        };
+    let account = match account_secret(&state, "resend", &owner, "webhook_secret", platform).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
     let header = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     };
+    let svix_id = header("svix-id");
     let verified = resend::verify(
-        &secret,
-        header("svix-id"),
+        &account.secret,
+        svix_id,
         header("svix-timestamp"),
         header("svix-signature"),
         &body,
         chrono::Utc::now(),
     );
     if let Err(why) = verified {
-        tracing::warn!(%owner, ?why, "Resend webhook with a missing, wrong or stale Svix signature");
+        if why == resend::Invalid::Secret {
+            tracing::error!(%owner, "Resend webhook refused: the configured webhook secret is not a usable whsec_ secret (empty or too short)");
+        } else {
+            tracing::warn!(%owner, ?why, "Resend webhook with a missing, wrong or stale Svix signature");
+        }
         return refuse(
             &state,
             "resend",
@@ -295,67 +331,39 @@ pub async fn resend_webhook(
             "invalid Svix signature",
         );
     }
-    if let Some(notice) = resend::parse(&body)
-        && let Err(e) = record_resend(&state, agent_id.as_deref(), notice).await
-    {
-        tracing::warn!(error = %e, "Resend webhook: could not record; Resend will retry");
-        return refuse(
-            &state,
-            "resend",
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "try again",
-        );
-    }
-    accepted(&state, "resend");
-    StatusCode::NO_CONTENT.into_response()
+    let ok = StatusCode::NO_CONTENT.into_response();
+    let Some(notice) = resend::parse(&body) else {
+        count(&state, "resend", "ignored");
+        return ok;
+    };
+    let delivery = Delivery {
+        provider: "resend",
+        account: account.account,
+        agent_id: account.agent_id.as_deref(),
+        // Svix sends every attempt of one event with the same id.
+        delivery_id: svix_id,
+        event: resend_event(notice),
+    };
+    accept(&state, delivery, ok).await
 }
 
-async fn record_resend(
-    state: &HttpState,
-    agent_id: Option<&str>,
-    notice: resend::Notice,
-) -> Result<(), StoreError> {
-    let mut client = state.pool.get().await?;
-    let status_move = match notice.event {
-        "delivered" | "failed" => Some(StatusMove {
-            to: notice.event,
-            from: &["sent"],
-        }),
-        // A bounce can follow a delivery report: the receiving server took
-        // the message, then returned it.
-        "bounced" => Some(StatusMove {
-            to: "bounced",
-            from: &["sent", "delivered"],
-        }),
-        _ => None,
-    };
+fn resend_event(notice: resend::Notice) -> ProviderEvent {
     let error = matches!(notice.event, "bounced" | "failed")
         .then(|| format!("resend: email {}", notice.event));
-    store::messages::apply_provider_event(
-        &client,
-        "resend",
-        &notice.email_id,
-        notice.event,
-        status_move,
-        error.as_deref(),
-        &notice.detail,
-    )
-    .await?;
-    if let Some(reason) = notice.opt_out {
-        for to in &notice.to {
-            if let Ok(address) = EmailAddress::parse(to) {
-                store::opt_outs::add(
-                    &mut client,
-                    agent_id,
-                    Channel::Email,
-                    address.as_str(),
-                    reason,
-                    Some("resend:webhook"),
-                )
-                .await?;
-            }
-        }
+    let opt_out = notice.opt_out.map(|reason| EmailOptOut {
+        reason: reason.to_string(),
+        addresses: notice
+            .to
+            .iter()
+            .filter_map(|to| EmailAddress::parse(to).ok())
+            .collect(),
+        source: "resend:webhook".into(),
+    });
+    ProviderEvent::Status {
+        provider_message_id: notice.email_id,
+        event: notice.event.to_string(),
+        error,
+        detail: notice.detail,
+        opt_out,
     }
-    Ok(())
 }

@@ -2,7 +2,11 @@
 //! `svix-signature` holds space-separated `v1,<base64>` entries, each an
 //! HMAC-SHA256 keyed by the base64-decoded part of the `whsec_…` secret over
 //! `{svix-id}.{svix-timestamp}.{raw body}`; timestamps more than five minutes
-//! off are refused, so a captured request cannot be replayed later.
+//! off are refused, so a captured request cannot be replayed later (and one
+//! replayed sooner is recognised by its `svix-id` in the inbox).
+//!
+//! Nothing from the request is computed with before the signature matches:
+//! the timestamp is only compared, with checked arithmetic, afterwards.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -13,9 +17,15 @@ use sha2::Sha256;
 
 const TOLERANCE_SECS: i64 = 5 * 60;
 
+/// Svix's secrets are 24 or 32 random bytes. Anything much shorter is no
+/// secret: an empty key (`whsec_`) signs for anyone who computes an HMAC
+/// with an empty key.
+const MIN_KEY_BYTES: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Invalid {
     Headers,
+    /// Ours, not the sender's: the configured secret is unusable.
     Secret,
     Stale,
     Signature,
@@ -30,6 +40,9 @@ fn mac(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> Result<Hmac<Sha2
                 .unwrap_or(secret.trim()),
         )
         .map_err(|_| Invalid::Secret)?;
+    if key.len() < MIN_KEY_BYTES {
+        return Err(Invalid::Secret);
+    }
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| Invalid::Secret)?;
     mac.update(id.as_bytes());
     mac.update(b".");
@@ -48,12 +61,8 @@ pub fn verify(
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Result<(), Invalid> {
-    if id.is_empty() || signatures.is_empty() {
+    if id.is_empty() || signatures.is_empty() || timestamp.is_empty() {
         return Err(Invalid::Headers);
-    }
-    let ts: i64 = timestamp.trim().parse().map_err(|_| Invalid::Headers)?;
-    if (now.timestamp() - ts).abs() > TOLERANCE_SECS {
-        return Err(Invalid::Stale);
     }
     let expected = mac(secret, id, timestamp, body)?;
     let matches = signatures
@@ -61,15 +70,22 @@ pub fn verify(
         .filter_map(|entry| entry.strip_prefix("v1,"))
         .filter_map(|sig| BASE64.decode(sig).ok())
         .any(|sig| expected.clone().verify_slice(&sig).is_ok());
-    if matches {
-        Ok(())
-    } else {
-        Err(Invalid::Signature)
+    if !matches {
+        return Err(Invalid::Signature);
     }
+    // Signed, so written by the secret's holder; still checked arithmetic,
+    // since a signed value is not a sane one.
+    let ts: i64 = timestamp.trim().parse().map_err(|_| Invalid::Headers)?;
+    let fresh = now
+        .timestamp()
+        .checked_sub(ts)
+        .is_some_and(|age| age.checked_abs().is_some_and(|a| a <= TOLERANCE_SECS));
+    if fresh { Ok(()) } else { Err(Invalid::Stale) }
 }
 
-/// The `svix-signature` value Resend would send (for tests and fixtures).
-pub fn sign(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
+/// The `svix-signature` value Resend would send.
+#[cfg(test)]
+fn sign(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
     let mac = mac(secret, id, timestamp, body).expect("a valid whsec_ secret");
     format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
 }
@@ -182,6 +198,42 @@ mod tests {
             verify(SECRET, "", &ts, &sig, body, now),
             Err(Invalid::Headers)
         );
+    }
+
+    #[test]
+    fn extreme_timestamps_are_refused_without_overflow() {
+        let now = Utc::now();
+        let body = b"{}";
+        for ts in ["-9223372036854775808", "9223372036854775807"] {
+            // Unsigned: refused before the timestamp is looked at.
+            assert_eq!(
+                verify(SECRET, "msg_1", ts, "v1,AAAA", body, now),
+                Err(Invalid::Signature)
+            );
+            // Signed by the secret's holder: still only refused.
+            let sig = sign(SECRET, "msg_1", ts, body);
+            assert_eq!(
+                verify(SECRET, "msg_1", ts, &sig, body, now),
+                Err(Invalid::Stale)
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_or_short_secret_verifies_nothing() {
+        let now = Utc::now();
+        let ts = now.timestamp().to_string();
+        // What anyone can compute with an empty key.
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"").unwrap();
+        mac.update(format!("msg_1.{ts}.{{}}").as_bytes());
+        let forged = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+        for secret in ["whsec_", "", " whsec_ ", "whsec_c2hvcnQ="] {
+            assert_eq!(
+                verify(secret, "msg_1", &ts, &forged, b"{}", now),
+                Err(Invalid::Secret),
+                "{secret:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,12 +5,16 @@
 //! account's auth token, over the full URL Twilio requested followed by every
 //! form parameter name and value, sorted by name (`../shared/providers.md`
 //! §6). The URL is rebuilt from `SWITCHBOARD_PUBLIC_URL`, since behind a
-//! proxy the listen address is not what Twilio called.
+//! proxy the listen address is not what Twilio called. Without it the URL
+//! Twilio signed cannot be known (the scheme and host a TLS proxy saw are
+//! gone), so the handler refuses to guess.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
+
+pub use super::inbox::Keyword;
 
 /// What a Twilio webhook says.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,20 +29,14 @@ pub enum Notice {
     },
     /// A person wrote to one of the account's numbers.
     Inbound {
+        /// Twilio's id of the incoming message: a replay carries the same.
+        message_sid: Option<String>,
         from: String,
         body: String,
         keyword: Option<Keyword>,
     },
     /// Something we record nothing for (queued, sending, sent: we know).
     Ignored,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keyword {
-    /// Stop all messages to this number (Twilio's standard opt-out words).
-    Stop,
-    /// Resume after a stop.
-    Start,
 }
 
 /// Twilio's default opt-out and opt-in keywords.
@@ -72,8 +70,9 @@ pub fn signature_is_valid(
     }
 }
 
-/// The signature Twilio would send (for tests and fixtures).
-pub fn sign(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+/// The signature Twilio would send.
+#[cfg(test)]
+fn sign(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
     BASE64.encode(mac(auth_token, url, params).finalize().into_bytes())
 }
 
@@ -109,6 +108,7 @@ pub fn parse(params: &[(String, String)]) -> Notice {
                 None
             };
             Notice::Inbound {
+                message_sid: get("MessageSid").or_else(|| get("SmsMessageSid")),
                 from,
                 body,
                 keyword,

@@ -565,3 +565,14 @@ pub fn twilio_form_as_json(pairs: &[(String, String)]) -> serde_json::Value {
     }
     serde_json::Value::Object(obj)
 }
+
+/// The single number a query such as `SELECT count(*) …` returns.
+pub async fn count(env: &Env, sql: &str) -> i64 {
+    env.db
+        .client()
+        .await
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
