@@ -110,6 +110,21 @@ pub async fn lock_due(
         .collect())
 }
 
+/// Moves parked jobs' due time to `due_at` (jobs that could not be
+/// published now).
+pub async fn postpone(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ids: &[Uuid],
+    due_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE scheduled_jobs SET due_at = $2, updated_at = now() WHERE id = ANY($1)",
+        &[&ids, &due_at],
+    )
+    .await?;
+    Ok(())
+}
+
 pub async fn delete(
     tx: &deadpool_postgres::Transaction<'_>,
     ids: &[Uuid],
