@@ -26,3 +26,8 @@ ALTER TABLE rate_counters
     ALTER COLUMN span SET NOT NULL,
     ADD CONSTRAINT rate_counters_span CHECK (span IN ('hour', 'day')),
     ADD PRIMARY KEY (key, span, window_start);
+
+-- Due jobs are taken oldest first among those due at one instant (see
+-- store::scheduled::lock_due); the index serves that order.
+CREATE INDEX scheduled_jobs_due_order ON scheduled_jobs (due_at, created_at, id);
+DROP INDEX scheduled_jobs_due;

@@ -925,3 +925,67 @@ async fn an_existing_jobs_exchange_of_another_type_is_refused() {
         "{message}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Issue 18 #3: `lock_due` had no tie-breaker, and a re-parked row was new,
+// so among jobs due at one instant (a quota reset, a cool-down) a job could
+// lose every wake to younger ones.
+
+async fn park_for_quota(client: &deadpool_postgres::Client, id: uuid::Uuid, due: DateTime<Utc>) {
+    let wire = json!({"id": id.to_string(), "agent_id": "agent-fair", "channel": "sms",
+        "to": "+14155550123", "text": "x"});
+    let job = switchboard::domain::SendJob::parse(wire.to_string().as_bytes()).unwrap();
+    let parking = scheduled::Parking {
+        due_at: due,
+        status: "deferred",
+        reason: "quota",
+        attempts: 0,
+        last_error: None,
+        events: &[],
+    };
+    scheduled::park(client, &job, &parking).await.unwrap();
+}
+
+/// What the scheduler would take at `due`, in its order.
+async fn take_due(client: &mut deadpool_postgres::Client, due: DateTime<Utc>) -> Vec<uuid::Uuid> {
+    let tx = client.transaction().await.unwrap();
+    let taken = scheduled::lock_due(&tx, due, 100).await.unwrap();
+    tx.rollback().await.unwrap();
+    taken.into_iter().map(|j| j.id).collect()
+}
+
+#[tokio::test]
+async fn jobs_due_at_one_instant_are_taken_oldest_first_and_keep_their_age_when_parked_again() {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    let due = at("2026-01-16T00:00:00Z");
+    // Three jobs whose messages were created an hour apart, parked to one
+    // instant youngest first (the order a busy worker may well write them).
+    let mut parked = Vec::new();
+    for hours_old in [1, 2, 3] {
+        let id = uuid::Uuid::new_v4();
+        client
+            .execute(
+                "INSERT INTO outbound_messages (id, agent_id, channel, recipient, status, created_at)
+                 VALUES ($1, 'agent-fair', 'sms', '+14155550123', 'queued',
+                         now() - make_interval(hours => $2))",
+                &[&id, &hours_old],
+            )
+            .await
+            .unwrap();
+        park_for_quota(&client, id, due).await;
+        parked.push(id);
+    }
+    let oldest_first: Vec<_> = parked.iter().rev().copied().collect();
+    assert_eq!(take_due(&mut client, due).await, oldest_first);
+
+    // Woken (the scheduler deletes the rows) and parked again, youngest
+    // first once more: the order is still by age.
+    let tx = client.transaction().await.unwrap();
+    scheduled::delete(&tx, &parked).await.unwrap();
+    tx.commit().await.unwrap();
+    for id in &parked {
+        park_for_quota(&client, *id, due).await;
+    }
+    assert_eq!(take_due(&mut client, due).await, oldest_first);
+}
