@@ -85,14 +85,37 @@ pub async fn declare_topology(conn: &Connection) -> lapin::Result<()> {
 /// Declares something durable with `declare(channel, passive)`; when it
 /// already exists with other arguments, accepts it as it is after checking
 /// (passively, on a fresh channel: a failed declare closes its channel) that
-/// it exists at all.
+/// it exists at all. An exchange of another type is refused: its type is how
+/// it routes, so a `direct` or `fanout` `switchboard.jobs` would confirm
+/// every publish and route jobs by other rules, or to no queue at all.
 async fn declare_or_accept<F, Fut>(conn: &Connection, what: &str, declare: F) -> lapin::Result<()>
 where
     F: Fn(Channel, bool) -> Fut,
     Fut: std::future::Future<Output = lapin::Result<()>>,
 {
     let ch = conn.create_channel().await?;
-    if declare(ch.clone(), false).await.is_err() {
+    if let Err(e) = declare(ch.clone(), false).await {
+        if let lapin::ErrorKind::ProtocolError(amqp) = e.kind()
+            && amqp
+                .get_message()
+                .as_str()
+                .contains("inequivalent arg 'type'")
+        {
+            // RabbitMQ says "inequivalent arg 'type' for exchange … received
+            // 'topic' but current is 'direct'"; say what to do about it too.
+            // (The reply must stay an AMQP short string: 255 bytes at most.)
+            let advice = "delete it so switchboard can declare it";
+            tracing::error!(what, error = %e, advice, "existing exchange has the wrong type");
+            let message = format!("{}; {advice}", amqp.get_message());
+            return Err(match lapin::types::ShortString::try_new(message) {
+                Ok(message) => lapin::ErrorKind::ProtocolError(lapin::protocol::AMQPError::new(
+                    amqp.kind().clone(),
+                    message,
+                ))
+                .into(),
+                Err(_) => e,
+            });
+        }
         let ch = conn.create_channel().await?;
         declare(ch.clone(), true).await?;
         tracing::warn!(what, "exists with other arguments; using it as it is");

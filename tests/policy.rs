@@ -10,8 +10,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::*;
+use lapin::options::ExchangeDeclareOptions;
+use lapin::types::FieldTable;
 use serde_json::json;
 use switchboard::clock::{Clock, ManualClock};
+use switchboard::metrics::Metrics;
+use switchboard::store::quotas::{self, Window};
+use switchboard::store::scheduled;
+use switchboard::worker::{WorkerContext, scheduler};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -607,4 +613,379 @@ async fn the_agents_window_and_zone_apply_when_the_recipients_zone_is_unknown() 
     let events = env.event_details(job_id(&job)).await;
     let deferred = &events.iter().find(|(e, _)| e == "deferred").unwrap().1;
     assert_eq!(deferred["timezone_source"], "agent");
+}
+
+// ---------------------------------------------------------------------------
+// Findings of issues 18 and 10, each reproduced at default settings: quota
+// windows that collided at midnight UTC, countries whose zones share one
+// clock, a fall-back night whose opening lay in the past, a scheduler whose
+// clock runs ahead, and a scheduler publishing into a topology that cannot
+// route. Each failed on the code before its fix.
+
+/// Default settings, but for the platform's Twilio account pointed at the
+/// mock (there is no default for those): the scheduler ticks every second,
+/// as in production.
+async fn default_env(server: &MockServer) -> Env {
+    let mut env = Env::new().await;
+    env.set("SWITCHBOARD_TWILIO_BASE_URL", server.uri())
+        .set("TWILIO_ACCOUNT_SID", SID)
+        .set("TWILIO_AUTH_TOKEN", "platform-token")
+        .set("TWILIO_PHONE_NUMBER", "+14155550000");
+    env
+}
+
+async fn count_status(env: &Env, status: &str) -> i64 {
+    env.db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM outbound_messages WHERE status = $1",
+            &[&status],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn count_events(env: &Env, id: uuid::Uuid, event: &str) -> usize {
+    env.events(id).await.iter().filter(|e| *e == event).count()
+}
+
+// ---------------------------------------------------------------------------
+// Issue 18 #4: the hour and day counters of one key shared a row from 00:00
+// to 01:00 UTC (same key, same window start), so each send counted twice.
+
+#[tokio::test]
+async fn hour_and_day_quotas_are_counted_apart_at_00_30_utc() {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    let now = at("2026-01-15T00:30:00Z");
+    let quotas = vec![
+        ("agent:a:sms".to_string(), Window::Hour, 2),
+        ("agent:a:sms".to_string(), Window::Day, 100),
+    ];
+    assert_eq!(
+        quotas::reserve(&mut client, &quotas, now).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        quotas::reserve(&mut client, &quotas, now).await.unwrap(),
+        None,
+        "the second send of the hour fits a per_hour of 2"
+    );
+    assert_eq!(
+        quotas::reserve(&mut client, &quotas, now).await.unwrap(),
+        Some(at("2026-01-15T01:00:00Z")),
+        "the third waits for the next hour"
+    );
+    // The day counted the two sends once each.
+    let later = at("2026-01-15T05:00:00Z");
+    let day_only = vec![("agent:a:sms".to_string(), Window::Day, 3)];
+    assert_eq!(
+        quotas::reserve(&mut client, &day_only, later)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        quotas::reserve(&mut client, &day_only, later)
+            .await
+            .unwrap(),
+        Some(at("2026-01-16T00:00:00Z"))
+    );
+}
+
+#[tokio::test]
+async fn a_per_hour_limit_lets_its_full_count_through_between_00_and_01_utc() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = default_env(&server).await;
+    sql(
+        &env,
+        r#"INSERT INTO agents (id, limits)
+           VALUES ('agent-h', '{"sms": {"per_hour": 2, "per_day": 100}}')"#,
+    )
+    .await;
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T00:30:00Z")));
+    let worker = env.start_worker_with_clock(clock.clone());
+    let publisher = env.publisher().await;
+    for _ in 0..3 {
+        publisher.publish(&sms_job("agent-h", "+14155550123")).await;
+    }
+    wait_until("all three sent or deferred", || async {
+        (count_status(&env, "sent").await + count_status(&env, "deferred").await == 3).then_some(())
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(count_status(&env, "sent").await, 2, "per_hour = 2");
+    assert_eq!(count_status(&env, "deferred").await, 1);
+}
+
+// ---------------------------------------------------------------------------
+// Issue 18 #5: countries with several zone names but one clock (DE, MY, AR…)
+// fell back to the agent's zone (UTC by default).
+
+#[tokio::test]
+async fn night_in_berlin_kuala_lumpur_and_buenos_aires_waits_for_local_morning() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = default_env(&server).await;
+    // 23:30 UTC: 00:30 in Berlin (CET), 07:30 in Kuala Lumpur (+08), 20:30
+    // in Buenos Aires (-03). Night everywhere, but in UTC too, so the old
+    // fallback deferred all three to 09:00 UTC.
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T23:30:00Z")));
+    let worker = env.start_worker_with_clock(clock.clone());
+    let publisher = env.publisher().await;
+    let cases = [
+        ("+4915123456789", "2026-01-16T08:00:00Z", "Europe/Berlin"),
+        ("+60123456789", "2026-01-16T01:00:00Z", "Asia/Kuala_Lumpur"),
+        (
+            "+5491123456789",
+            "2026-01-16T12:00:00Z",
+            "America/Argentina/Buenos_Aires",
+        ),
+    ];
+    let mut jobs = Vec::new();
+    for (to, _, _) in cases {
+        let mut job = sms_job("agent-world", to);
+        job["category"] = "marketing".into();
+        publisher.publish(&job).await;
+        jobs.push(job_id(&job));
+    }
+    for id in &jobs {
+        env.wait_for_status(*id, "deferred").await;
+    }
+    worker.stop().await;
+    for (id, (to, due, zone)) in jobs.iter().zip(cases) {
+        assert_eq!(due_at(&env, *id).await, Some(at(due)), "{to}");
+        let events = env.event_details(*id).await;
+        let deferred = &events.iter().find(|(e, _)| e == "deferred").unwrap().1;
+        assert_eq!(deferred["recipient_timezone"], zone, "{to}");
+        assert_eq!(deferred["timezone_source"], "phone_number", "{to}");
+    }
+    assert!(server.received_requests().await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Issue 18 #8: on a fall-back night the opening could be computed in the
+// past, and a job woken by a scheduler whose clock runs ahead was parked
+// again, every tick, until the clocks agreed.
+
+#[tokio::test]
+async fn a_fall_back_night_parks_until_the_later_opening_not_one_in_the_past() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = default_env(&server).await;
+    // An agent whose window opens inside the hour New York lives twice.
+    sql(
+        &env,
+        "INSERT INTO agents (id, send_window_start) VALUES ('agent-dst', '01:30')",
+    )
+    .await;
+    // 2026-11-01 01:10 EST, the second time 01:10 comes that night; 01:30
+    // EDT (05:30 UTC) is already past, 01:30 EST (06:30 UTC) is not.
+    let clock = Arc::new(ManualClock::new(at("2026-11-01T06:10:00Z")));
+    let worker = env.start_worker_with_clock(clock.clone());
+    let mut job = sms_job("agent-dst", "+14155550123");
+    job["category"] = "marketing".into();
+    job["timezone"] = "America/New_York".into();
+    env.publisher().await.publish(&job).await;
+    let id = job_id(&job);
+    let due = wait_until("the job parked", || async { due_at(&env, id).await }).await;
+    assert_eq!(due, at("2026-11-01T06:30:00Z"));
+    clock.set(due);
+    env.wait_for_status(id, "sent").await;
+    worker.stop().await;
+    assert_eq!(count_events(&env, id, "deferred").await, 1);
+}
+
+/// A context whose scheduler is driven by hand, on its own clock.
+fn scheduler_context(env: &Env, clock: Arc<dyn Clock>) -> Arc<WorkerContext> {
+    WorkerContext::with_clock(env.settings(), Metrics::new(), clock).unwrap()
+}
+
+async fn scheduler_channel(env: &Env) -> (lapin::Connection, lapin::Channel) {
+    let conn = switchboard::amqp::connect(&env.vhost.url, "test-scheduler")
+        .await
+        .unwrap();
+    switchboard::amqp::declare_topology(&conn).await.unwrap();
+    let channel = switchboard::amqp::confirm_channel(&conn).await.unwrap();
+    (conn, channel)
+}
+
+#[tokio::test]
+async fn a_job_woken_by_a_scheduler_a_few_seconds_ahead_is_sent_not_parked_again() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let env = default_env(&server).await;
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T15:00:00Z")));
+    let worker = env.start_worker_with_clock(clock.clone());
+    let mut job = sms_job("agent-skew", "+14155550123");
+    job["send_at"] = "2026-01-15T16:00:00Z".into();
+    env.publisher().await.publish(&job).await;
+    let id = job_id(&job);
+    env.wait_for_status(id, "scheduled").await;
+
+    // The worker's clock reads 3 s before the job is due; another
+    // machine's scheduler, 3 s ahead, finds it due and publishes it.
+    clock.set(at("2026-01-15T15:59:57Z"));
+    let ahead = scheduler_context(&env, Arc::new(ManualClock::new(at("2026-01-15T16:00:00Z"))));
+    let (_conn, channel) = scheduler_channel(&env).await;
+    assert_eq!(scheduler::publish_due(&ahead, &channel).await.unwrap(), 1);
+
+    let seen = wait_until("sent, or parked again", || async {
+        let scheduled = count_events(&env, id, "scheduled").await;
+        let status = env.status(id).await.unwrap();
+        (status == "sent" || scheduled > 1).then_some((status, scheduled))
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(seen, ("sent".to_string(), 1));
+}
+
+// ---------------------------------------------------------------------------
+// Issue 10 #6: the scheduler published without `mandatory` and deleted the
+// row on the confirm, so a job RabbitMQ could not route was gone.
+
+#[tokio::test]
+async fn a_due_job_that_cannot_be_routed_stays_parked() {
+    let env = Env::new().await;
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T15:00:00Z")));
+    let ctx = scheduler_context(&env, clock.clone());
+    let (_conn, channel) = scheduler_channel(&env).await;
+    // An operator removed the binding: nothing routes to switchboard.send.
+    channel
+        .queue_unbind(
+            switchboard::amqp::SEND_QUEUE.into(),
+            switchboard::amqp::JOBS_EXCHANGE.into(),
+            "#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let wire = sms_job("agent-lost", "+14155550123");
+    let job = switchboard::domain::SendJob::parse(wire.to_string().as_bytes()).unwrap();
+    let client = env.db.client().await;
+    let parking = scheduled::Parking {
+        due_at: clock.now(),
+        status: "scheduled",
+        reason: "send_at",
+        attempts: 0,
+        last_error: None,
+        events: &[],
+    };
+    scheduled::park(&client, &job, &parking).await.unwrap();
+
+    assert_eq!(scheduler::publish_due(&ctx, &channel).await.unwrap(), 0);
+    assert!(
+        due_at(&env, job.id).await.is_some(),
+        "a returned job keeps its row"
+    );
+    let publisher = env.publisher().await;
+    assert_eq!(publisher.queue_depth().await, 0);
+
+    // Bound again (every worker declares the topology on start), the job
+    // goes out at a later tick.
+    switchboard::amqp::declare_topology(&publisher.conn)
+        .await
+        .unwrap();
+    clock.advance(std::time::Duration::from_secs(120));
+    assert_eq!(scheduler::publish_due(&ctx, &channel).await.unwrap(), 1);
+    assert_eq!(due_at(&env, job.id).await, None);
+    assert_eq!(publisher.queue_depth().await, 1);
+}
+
+#[tokio::test]
+async fn an_existing_jobs_exchange_of_another_type_is_refused() {
+    let vhost = TestVhost::new();
+    let conn = switchboard::amqp::connect(&vhost.url, "test-operator")
+        .await
+        .unwrap();
+    // Declared by hand as a direct exchange: `#` would then be a literal
+    // routing key and every job published with an agent id unroutable.
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        switchboard::amqp::JOBS_EXCHANGE.into(),
+        lapin::ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let err = switchboard::amqp::declare_topology(&conn)
+        .await
+        .expect_err("a direct switchboard.jobs must be refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("switchboard.jobs") && message.contains("topic"),
+        "{message}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Issue 18 #3: `lock_due` had no tie-breaker, and a re-parked row was new,
+// so among jobs due at one instant (a quota reset, a cool-down) a job could
+// lose every wake to younger ones.
+
+async fn park_for_quota(client: &deadpool_postgres::Client, id: uuid::Uuid, due: DateTime<Utc>) {
+    let wire = json!({"id": id.to_string(), "agent_id": "agent-fair", "channel": "sms",
+        "to": "+14155550123", "text": "x"});
+    let job = switchboard::domain::SendJob::parse(wire.to_string().as_bytes()).unwrap();
+    let parking = scheduled::Parking {
+        due_at: due,
+        status: "deferred",
+        reason: "quota",
+        attempts: 0,
+        last_error: None,
+        events: &[],
+    };
+    scheduled::park(client, &job, &parking).await.unwrap();
+}
+
+/// What the scheduler would take at `due`, in its order.
+async fn take_due(client: &mut deadpool_postgres::Client, due: DateTime<Utc>) -> Vec<uuid::Uuid> {
+    let tx = client.transaction().await.unwrap();
+    let taken = scheduled::lock_due(&tx, due, 100).await.unwrap();
+    tx.rollback().await.unwrap();
+    taken.into_iter().map(|j| j.id).collect()
+}
+
+#[tokio::test]
+async fn jobs_due_at_one_instant_are_taken_oldest_first_and_keep_their_age_when_parked_again() {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    let due = at("2026-01-16T00:00:00Z");
+    // Three jobs whose messages were created an hour apart, parked to one
+    // instant youngest first (the order a busy worker may well write them).
+    let mut parked = Vec::new();
+    for hours_old in [1, 2, 3] {
+        let id = uuid::Uuid::new_v4();
+        client
+            .execute(
+                "INSERT INTO outbound_messages (id, agent_id, channel, recipient, status, created_at)
+                 VALUES ($1, 'agent-fair', 'sms', '+14155550123', 'queued',
+                         now() - make_interval(hours => $2))",
+                &[&id, &hours_old],
+            )
+            .await
+            .unwrap();
+        park_for_quota(&client, id, due).await;
+        parked.push(id);
+    }
+    let oldest_first: Vec<_> = parked.iter().rev().copied().collect();
+    assert_eq!(take_due(&mut client, due).await, oldest_first);
+
+    // Woken (the scheduler deletes the rows) and parked again, youngest
+    // first once more: the order is still by age.
+    let tx = client.transaction().await.unwrap();
+    scheduled::delete(&tx, &parked).await.unwrap();
+    tx.commit().await.unwrap();
+    for id in &parked {
+        park_for_quota(&client, *id, due).await;
+    }
+    assert_eq!(take_due(&mut client, due).await, oldest_first);
 }

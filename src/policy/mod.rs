@@ -172,8 +172,24 @@ pub enum Hold {
     },
 }
 
+/// How far another process's clock may run ahead of this one's before a
+/// job it wakes is parked again.
+///
+/// The scheduler of any worker republishes a parked job once the job is due
+/// by *its* clock; the worker that takes it judges `send_at` and quiet hours
+/// by *its own*. Were the waker's clock ahead by a second, the job would be
+/// parked again until the clocks agree, and woken again at every scheduler
+/// tick meanwhile (a claim, a park, an event and a publish each time). So a
+/// time-based hold that ends within this allowance counts as over: the job
+/// goes up to this much early by this worker's clock, which is on time by
+/// the waker's. Beyond it (a clock minutes off is broken, not skewed) a
+/// woken job is parked again, about once per scheduler tick for
+/// (skew − allowance).
+pub const CLOCK_SKEW_ALLOWANCE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
 /// The checks that need no counters: suppression, `send_at`, quiet hours.
-/// `None`: go on to rate limits and sending.
+/// `None`: go on to rate limits and sending. `send_at` and quiet hours
+/// that end within [`CLOCK_SKEW_ALLOWANCE`] of `now` do not hold a job.
 pub fn hold(
     job: &SendJob,
     agent: &AgentPolicy,
@@ -193,7 +209,7 @@ pub fn hold(
         return Some(Hold::Cancelled);
     }
     if let Some(at) = job.send_at
-        && at > now
+        && at > now + CLOCK_SKEW_ALLOWANCE
     {
         return Some(Hold::Scheduled { at });
     }
@@ -201,7 +217,9 @@ pub fn hold(
         && (job.channel != Channel::Email || agent.quiet_hours_email);
     if quiet_hours_apply {
         let (zone, source) = quiet_hours::recipient_zone(job, agent.timezone);
-        if let Some(until) = quiet_hours::next_opening(now, zone, agent.window) {
+        if let Some(until) = quiet_hours::next_opening(now, zone, agent.window)
+            && until > now + CLOCK_SKEW_ALLOWANCE
+        {
             return Some(Hold::QuietHours {
                 until,
                 zone,
@@ -314,6 +332,32 @@ mod tests {
                 reason: "hard_bounce".into()
             })
         );
+    }
+
+    /// Issue 18 #8: a job woken by a scheduler whose clock runs a little
+    /// ahead is not parked again for the last seconds of its wait.
+    #[test]
+    fn holds_ending_within_the_skew_allowance_do_not_hold() {
+        let a = AgentPolicy::default();
+        let mut j = job("transactional", "sms", "+14155550123");
+        j.send_at = Some(at(DAY));
+        let before = |s: i64| at(DAY) - chrono::TimeDelta::seconds(s);
+        assert_eq!(hold(&j, &a, &[], false, before(5)), None);
+        assert_eq!(
+            hold(&j, &a, &[], false, before(6)),
+            Some(Hold::Scheduled { at: at(DAY) })
+        );
+        // 09:00 in New York is 14:00 UTC.
+        let m = job("marketing", "sms", "+14155550123");
+        let opening = at("2026-01-15T14:00:00Z");
+        assert_eq!(
+            hold(&m, &a, &[], false, opening - chrono::TimeDelta::seconds(5)),
+            None
+        );
+        assert!(matches!(
+            hold(&m, &a, &[], false, opening - chrono::TimeDelta::seconds(6)),
+            Some(Hold::QuietHours { until, .. }) if until == opening
+        ));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Hour and day quotas, counted in `rate_counters` so they survive restarts
-//! and hold across worker processes.
+//! and hold across worker processes. A counter is named by its key, its
+//! span and its window's start: from 00:00 to 01:00 UTC the hour and the
+//! day of one key start at the same instant and must still count apart.
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 
@@ -12,6 +14,14 @@ pub enum Window {
 }
 
 impl Window {
+    /// The counter's `span` in `rate_counters`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Hour => "hour",
+            Window::Day => "day",
+        }
+    }
+
     fn length(self) -> Duration {
         match self {
             Window::Hour => Duration::hours(1),
@@ -34,10 +44,10 @@ pub async fn reserve(
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
     const SQL: &str = "
-        INSERT INTO rate_counters (key, window_start, count) VALUES ($1, $2, 1)
-        ON CONFLICT (key, window_start) DO UPDATE
+        INSERT INTO rate_counters (key, span, window_start, count) VALUES ($1, $2, $3, 1)
+        ON CONFLICT (key, span, window_start) DO UPDATE
             SET count = rate_counters.count + 1
-            WHERE rate_counters.count < $3
+            WHERE rate_counters.count < $4
         RETURNING count";
     let tx = client.transaction().await?;
     let statement = tx.prepare_cached(SQL).await?;
@@ -45,7 +55,7 @@ pub async fn reserve(
         let (start, end) = window.bounds(now);
         let limit = *limit as i32;
         if tx
-            .query_opt(&statement, &[key, &start, &limit])
+            .query_opt(&statement, &[key, &window.as_str(), &start, &limit])
             .await?
             .is_none()
         {

@@ -33,8 +33,9 @@ pub async fn park(
 ) -> Result<(), StoreError> {
     const SQL: &str = "
         WITH s AS (
-            INSERT INTO scheduled_jobs (id, agent_id, channel, job, due_at, reason)
-            VALUES ($1, $2, $3, $4, $5, $6)
+            INSERT INTO scheduled_jobs (id, agent_id, channel, job, due_at, reason, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6,
+                    COALESCE((SELECT created_at FROM outbound_messages WHERE id = $1), now()))
             ON CONFLICT (id) DO UPDATE
                 SET job = EXCLUDED.job, due_at = EXCLUDED.due_at,
                     reason = EXCLUDED.reason, updated_at = now()
@@ -87,6 +88,11 @@ pub struct DueJob {
 /// Locks up to `limit` due jobs inside the caller's transaction. Rows locked
 /// by another worker's scheduler are skipped, so two schedulers never
 /// publish the same job.
+///
+/// Earliest due first; among jobs due at the same instant (a quota's reset,
+/// a circuit's cool-down) the oldest job first: a row's `created_at` is its
+/// message's, which re-parking does not move, so a job cannot lose every
+/// wake to younger ones.
 pub async fn lock_due(
     tx: &deadpool_postgres::Transaction<'_>,
     now: DateTime<Utc>,
@@ -95,7 +101,7 @@ pub async fn lock_due(
     let rows = tx
         .query(
             "SELECT id, agent_id, job FROM scheduled_jobs
-              WHERE due_at <= $1 ORDER BY due_at LIMIT $2
+              WHERE due_at <= $1 ORDER BY due_at, created_at, id LIMIT $2
               FOR UPDATE SKIP LOCKED",
             &[&now, &limit],
         )
@@ -108,6 +114,21 @@ pub async fn lock_due(
             job: r.get(2),
         })
         .collect())
+}
+
+/// Moves parked jobs' due time to `due_at` (jobs that could not be
+/// published now).
+pub async fn postpone(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ids: &[Uuid],
+    due_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE scheduled_jobs SET due_at = $2, updated_at = now() WHERE id = ANY($1)",
+        &[&ids, &due_at],
+    )
+    .await?;
+    Ok(())
 }
 
 pub async fn delete(

@@ -2,10 +2,16 @@
 //! `switchboard.jobs` when they are due. Every worker runs one.
 //!
 //! Due rows are locked `FOR UPDATE SKIP LOCKED` inside a transaction, so two
-//! workers never take the same row; each is published with a publisher
-//! confirm and deleted only after RabbitMQ confirmed it, in the same
-//! transaction. A crash between the confirm and the commit republishes the
-//! job later: harmless, because the job id is claimed idempotently.
+//! workers never take the same row; each is published `mandatory` with a
+//! publisher confirm and deleted only after RabbitMQ confirmed that a queue
+//! took it, in the same transaction. A crash between the confirm and the
+//! commit republishes the job later: harmless, because the job id is
+//! claimed idempotently.
+//!
+//! "Due" is judged by this process's clock. A worker whose clock runs
+//! behind treats a job due within [`crate::policy::CLOCK_SKEW_ALLOWANCE`]
+//! as due, so a scheduler slightly ahead does not wake a job only for it
+//! to be parked again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,14 +78,26 @@ async fn session(
     }
 }
 
-/// Publishes one batch of due jobs; returns how many.
+/// How long a job RabbitMQ could not route waits before it is tried again:
+/// the topology is broken (the binding of `switchboard.send` is missing, or
+/// the exchange routes by other rules) and only an operator or a restarting
+/// worker's declarations mend it, so retrying every tick would only spin.
+const UNROUTABLE_RETRY: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Publishes one batch of due jobs; returns how many were published.
+///
+/// Each job is published `mandatory`: a job that reaches no queue is
+/// returned (`basic.return`) and then confirmed, and a confirm alone would
+/// say nothing of whether any queue took it. Only jobs confirmed without a
+/// return (or nack) leave `scheduled_jobs`; the others stay parked.
 pub async fn publish_due(
     ctx: &WorkerContext,
     channel: &lapin::Channel,
 ) -> Result<usize, TickError> {
     let mut client = ctx.pool.get().await.map_err(StoreError::from)?;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    let due = scheduled::lock_due(&tx, ctx.clock.now(), BATCH).await?;
+    let now = ctx.clock.now();
+    let due = scheduled::lock_due(&tx, now, BATCH).await?;
     if due.is_empty() {
         return Ok(0);
     }
@@ -91,19 +109,58 @@ pub async fn publish_due(
         let confirm = amqp::bounded(channel.basic_publish(
             amqp::JOBS_EXCHANGE.into(),
             job.agent_id.as_str().into(),
-            lapin::options::BasicPublishOptions::default(),
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
             body.as_bytes(),
             amqp::job_properties(job.id),
         ))
         .await?;
         confirms.push(confirm);
     }
-    // A nack rolls back the transaction: the rows stay and are tried again.
-    amqp::await_confirms(confirms).await?;
-    let ids: Vec<_> = due.iter().map(|j| j.id).collect();
-    scheduled::delete(&tx, &ids).await?;
+    let confirmations = amqp::bounded(async {
+        let mut all = Vec::with_capacity(confirms.len());
+        for confirm in confirms {
+            all.push(confirm.await?);
+        }
+        Ok::<_, lapin::Error>(all)
+    })
+    .await?;
+    let mut published = Vec::with_capacity(due.len());
+    let mut returned = Vec::new();
+    let mut nacked = 0usize;
+    for (job, confirmation) in due.iter().zip(confirmations) {
+        match confirmation {
+            lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested => {
+                published.push(job.id)
+            }
+            lapin::Confirmation::Ack(Some(_)) => returned.push(job.id),
+            // RabbitMQ could not take it (an internal error): the row stays
+            // due and is tried again at the next tick.
+            lapin::Confirmation::Nack(_) => nacked += 1,
+        }
+    }
+    if !returned.is_empty() {
+        tracing::error!(
+            count = returned.len(),
+            exchange = amqp::JOBS_EXCHANGE,
+            queue = amqp::SEND_QUEUE,
+            "RabbitMQ could not route due jobs to any queue (is {} bound to {}?); \
+             they stay parked and are tried again",
+            amqp::SEND_QUEUE,
+            amqp::JOBS_EXCHANGE,
+        );
+        scheduled::postpone(&tx, &returned, now + UNROUTABLE_RETRY).await?;
+    }
+    if nacked > 0 {
+        tracing::warn!(count = nacked, "RabbitMQ refused due jobs (nack); retrying");
+    }
+    scheduled::delete(&tx, &published).await?;
     tx.commit().await.map_err(StoreError::from)?;
-    ctx.metrics.scheduled_published.inc_by(ids.len() as u64);
-    tracing::debug!(count = ids.len(), "republished due jobs");
-    Ok(ids.len())
+    ctx.metrics
+        .scheduled_published
+        .inc_by(published.len() as u64);
+    tracing::debug!(count = published.len(), "republished due jobs");
+    Ok(published.len())
 }
