@@ -253,7 +253,7 @@ async fn an_id_reused_by_another_agent_is_refused_and_the_first_job_is_kept() {
     let worker = env.start_worker();
     let publisher = env.publisher().await;
     let mut a = sms_job("agent-a", "+14155550123");
-    a["send_at"] = json!((chrono::Utc::now() + chrono::Duration::seconds(4)).to_rfc3339());
+    a["send_at"] = json!((chrono::Utc::now() + chrono::Duration::seconds(10)).to_rfc3339());
     publisher.publish(&a).await;
     env.wait_for_status(job_id(&a), "scheduled").await;
 
@@ -472,7 +472,6 @@ async fn deliveries_that_end_without_an_outcome_count_as_attempts() {
             &client,
             std::slice::from_ref(&row),
             Duration::ZERO,
-            None,
         )
         .await
         .unwrap();
@@ -532,4 +531,52 @@ async fn shutdown_during_a_database_blip_still_records_an_accepted_send() {
         0,
         "acked, not left for a resend"
     );
+}
+
+// ---- issue 11: a live owner is never overtaken -----------------------------
+
+/// Worker A's broker connection is cut while its provider takes 14 s (as
+/// long as the default 15 s provider timeout allows; no timer in the
+/// takeover rule, so any length gives the same result); RabbitMQ redelivers
+/// the job to worker B, which must see that A is alive (A's advisory lock is
+/// held) and leave the job to it. Exactly one provider call.
+#[tokio::test]
+async fn a_live_worker_with_a_slow_provider_is_not_overtaken() {
+    let server = MockServer::start().await;
+    let amqp = Proxy::start("127.0.0.1:5672").await;
+    let mut env = Env::with_defaults().await;
+    platform_twilio(&mut env, &server);
+    Mock::given(method("POST"))
+        .and(path(twilio_path(SID_PLATFORM)))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"sid": "SMslow", "status": "queued"}))
+                .set_delay(Duration::from_secs(14)),
+        )
+        .mount(&server)
+        .await;
+    let direct = env.vars["AMQP_URL"].clone();
+    env.set("AMQP_URL", env.vhost.url_via(amqp.port));
+    let a = env.start_worker();
+    env.set("AMQP_URL", direct);
+    let job = sms_job("agent-slow", "+14155550123");
+    env.publisher().await.publish(&job).await;
+    wait_until("A's request to reach Twilio", || async {
+        (requests_to(&server, &twilio_path(SID_PLATFORM)).await == 1).then_some(())
+    })
+    .await;
+    // A loses RabbitMQ (and stays cut off): the job goes back to the queue.
+    amqp.cut();
+    let b = env.start_worker();
+    let row = env.wait_for_status(job_id(&job), "sent").await;
+    wait_until("B to take and settle the redelivered copy", || async {
+        (b.ctx.metrics.jobs_consumed.get() == 1 && b.ctx.metrics.jobs_in_flight.get() == 0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(env.publisher().await.queue_depth().await, 0);
+    b.stop().await;
+    a.stop().await;
+    assert_eq!(row.provider_message_id.as_deref(), Some("SMslow"));
+    assert_eq!(requests_to(&server, &twilio_path(SID_PLATFORM)).await, 1);
 }

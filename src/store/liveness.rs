@@ -10,10 +10,12 @@
 //! is never overtaken however long its provider takes.
 //!
 //! The one case where a live worker loses its lock is losing its Postgres
-//! connection. Then [`Liveness::epoch`] changes, and a job claimed under the
-//! old lock re-checks its claim before calling a provider (see
-//! `worker::job`). This module never decides a job's fate; it only answers
-//! "do I still hold my lock, and since when".
+//! connection. It then takes a lock on a *new* key: jobs claimed under the
+//! old key look abandoned (so the job's own task can claim them again under
+//! the new key before calling a provider, see `worker::job`), while a second
+//! copy of a job claimed under the new key still sees a live owner. This
+//! module never decides a job's fate; it only answers "which key do I hold
+//! now".
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -37,10 +39,8 @@ const KEEPALIVE_OPTIONS: &str =
 /// This process's ownership of the jobs it claims.
 #[derive(Clone)]
 pub struct Liveness {
-    key: i32,
-    /// 0 while the lock is not held; otherwise a number that changes each
-    /// time it is taken again.
-    epoch: watch::Receiver<u64>,
+    /// The key of the lock held now; 0 while none is held.
+    key: watch::Receiver<i32>,
 }
 
 impl Liveness {
@@ -57,49 +57,47 @@ impl Liveness {
             None => KEEPALIVE_OPTIONS.to_string(),
         };
         cfg.options(&options);
-        // Positive, so that it reads the same as an int4 and as an oid.
-        let key = (rand::random::<u32>() >> 1).max(1) as i32;
-        let (tx, epoch) = watch::channel(0);
-        tokio::spawn(hold(Arc::new(cfg), key, tx, shutdown));
-        Ok(Self { key, epoch })
+        let (tx, key) = watch::channel(0);
+        tokio::spawn(hold(Arc::new(cfg), tx, shutdown));
+        Ok(Self { key })
     }
 
-    /// The key recorded as `owner` on the rows this process claims.
-    pub fn key(&self) -> i32 {
-        self.key
-    }
-
-    /// The current epoch, waiting while the lock is not held.
-    pub async fn held(&self, shutdown: &CancellationToken) -> Option<u64> {
-        let mut rx = self.epoch.clone();
+    /// The key of the lock held now, to record as a claimed row's `owner`;
+    /// waits while no lock is held. `None` on shutdown.
+    pub async fn held(&self, shutdown: &CancellationToken) -> Option<i32> {
+        let mut rx = self.key.clone();
         tokio::select! {
-            r = rx.wait_for(|e| *e != 0) => r.ok().map(|e| *e),
+            r = rx.wait_for(|k| *k != 0) => r.ok().map(|k| *k),
             _ = shutdown.cancelled() => None,
         }
     }
 
-    /// Whether the lock taken at `epoch` is still held.
-    pub fn still(&self, epoch: u64) -> bool {
-        *self.epoch.borrow() == epoch
+    /// Whether the lock on `key` is still held.
+    pub fn still(&self, key: i32) -> bool {
+        *self.key.borrow() == key
     }
+}
+
+/// A fresh key: positive, so that it reads the same as an int4 and as the
+/// oid `pg_locks` shows.
+fn new_key() -> i32 {
+    (rand::random::<u32>() >> 1).max(1) as i32
 }
 
 async fn hold(
     cfg: Arc<tokio_postgres::Config>,
-    key: i32,
-    tx: watch::Sender<u64>,
+    tx: watch::Sender<i32>,
     shutdown: CancellationToken,
 ) {
-    let mut taken = 0u64;
     let mut delay = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         match cfg.connect(NoTls).await {
             Ok((client, connection)) => {
                 let mut connection = std::pin::pin!(connection);
                 // The lock is taken on this session and lives as long as it.
-                // `pg_try_advisory_lock` answers false while an earlier
-                // session of ours is still held open by a half-dead
-                // connection; then we wait for Postgres to drop it.
+                // A new key each time: `pg_try_advisory_lock` answers false
+                // only when another session took the same key by chance.
+                let key = new_key();
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
                     [&LOCK_NAMESPACE, &key];
                 let lock = client.query_one("SELECT pg_try_advisory_lock($1, $2)", &params);
@@ -112,10 +110,9 @@ async fn hold(
                 };
                 match got {
                     Ok(true) => {
-                        taken += 1;
-                        tx.send_replace(taken);
+                        tx.send_replace(key);
                         delay = Duration::from_millis(100);
-                        tracing::debug!(key, epoch = taken, "holding the worker lock");
+                        tracing::debug!(key, "holding the worker lock");
                         tokio::select! {
                             r = &mut connection => {
                                 tx.send_replace(0);

@@ -68,6 +68,9 @@ pub struct ClaimRow {
     pub sequence_id: Option<String>,
     pub step: Option<i32>,
     pub job: serde_json::Value,
+    /// The claiming worker's lock key ([`super::liveness::Liveness::held`]);
+    /// `None` for a claim that relies on the lease alone.
+    pub owner: Option<i32>,
 }
 
 impl ClaimRow {
@@ -82,6 +85,7 @@ impl ClaimRow {
             sequence_id: job.campaign.sequence_id.clone(),
             step: job.campaign.step.map(|s| s as i32),
             job: job.to_wire(),
+            owner: None,
         }
     }
 }
@@ -93,10 +97,8 @@ pub async fn claim_many(
     client: &impl GenericClient,
     rows: &[ClaimRow],
     lease: std::time::Duration,
-    owner: Option<i32>,
 ) -> Result<Vec<Claim>, StoreError> {
-    const SQL: &str = CLAIM_SQL;
-    run_claim(client, SQL, rows, lease, owner).await
+    run_claim(client, CLAIM_SQL, rows, lease).await
 }
 
 /// The claim statement. A row is claimable when its status allows it and
@@ -107,9 +109,9 @@ pub async fn claim_many(
 pub const CLAIM_SQL: &str = "
         WITH input AS (
             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                 $6::text[], $7::text[], $8::int4[], $9::jsonb[])
+                                 $6::text[], $7::text[], $8::int4[], $9::jsonb[], $12::int4[])
                 AS t(id, agent_id, channel, recipient, category,
-                     campaign_id, sequence_id, step, job)
+                     campaign_id, sequence_id, step, job, owner)
         ), agent AS (
             INSERT INTO agents (id)
             SELECT DISTINCT agent_id FROM input ORDER BY agent_id
@@ -119,7 +121,7 @@ pub const CLAIM_SQL: &str = "
                 (id, agent_id, channel, recipient, category, status,
                  campaign_id, sequence_id, step, job, lease_until, owner)
             SELECT id, agent_id, channel, recipient, category, 'queued',
-                   campaign_id, sequence_id, step, job, now() + make_interval(secs => $10), $12
+                   campaign_id, sequence_id, step, job, now() + make_interval(secs => $10), owner
               FROM input ORDER BY id
             ON CONFLICT (id) DO UPDATE
                 SET lease_until = EXCLUDED.lease_until, owner = EXCLUDED.owner,
@@ -183,7 +185,6 @@ async fn run_claim(
     sql: &str,
     rows: &[ClaimRow],
     lease: std::time::Duration,
-    owner: Option<i32>,
 ) -> Result<Vec<Claim>, StoreError> {
     let col = |f: fn(&ClaimRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
@@ -193,6 +194,7 @@ async fn run_claim(
     let sequences: Vec<Option<String>> = rows.iter().map(|r| r.sequence_id.clone()).collect();
     let steps: Vec<Option<i32>> = rows.iter().map(|r| r.step).collect();
     let jobs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.job).collect();
+    let owners: Vec<Option<i32>> = rows.iter().map(|r| r.owner).collect();
     let statement = client.prepare_cached(sql).await?;
     let result = client
         .query(
@@ -209,7 +211,7 @@ async fn run_claim(
                 &jobs,
                 &lease.as_secs_f64(),
                 &&CLAIMABLE[..],
-                &owner,
+                &owners,
             ],
         )
         .await?;
@@ -269,8 +271,6 @@ async fn run_claim(
 /// Claims through a [`super::batch::Batcher`].
 pub struct ClaimOp {
     pub lease: std::time::Duration,
-    /// This worker's lock key ([`super::liveness::Liveness::key`]).
-    pub owner: Option<i32>,
 }
 
 impl super::batch::BatchOp for ClaimOp {
@@ -286,7 +286,7 @@ impl super::batch::BatchOp for ClaimOp {
         client: &deadpool_postgres::Client,
         reqs: &[ClaimRow],
     ) -> Result<Vec<Claim>, StoreError> {
-        claim_many(client, reqs, self.lease, self.owner).await
+        claim_many(client, reqs, self.lease).await
     }
 }
 

@@ -211,11 +211,12 @@ async fn claim(
     ctx: &WorkerContext,
     job: &SendJob,
     shutdown: &CancellationToken,
-) -> Result<(Claimed, u64), Stop> {
-    let row = messages::ClaimRow::new(job);
+) -> Result<(Claimed, i32), Stop> {
+    let mut row = messages::ClaimRow::new(job);
     loop {
         // Claim only while holding the lock that makes the claim ours.
         let epoch = ctx.liveness.held(shutdown).await.ok_or(Stop::Shutdown)?;
+        row.owner = Some(epoch);
         let row = &row;
         let claim = retry_db(ctx, shutdown, || ctx.claims.call(row.clone())).await?;
         match claim {
@@ -372,15 +373,22 @@ async fn send_with_retries(
         called_at: None,
     };
     loop {
-        if let Some(key) = &circuit
-            && let Gate::Blocked(until) = ctx.circuits.gate(key)
-        {
-            delivery.park = Some(Park::deferred(
-                until,
-                "circuit_open",
-                json!({"provider": provider, "integration_id": route.integration_id}),
-            ));
-            return Ok(delivery);
+        // The gate's ticket goes back with the result, so that only the
+        // half-open probe's result can close the circuit and results of
+        // calls admitted before it opened change nothing.
+        let mut ticket = None;
+        if let Some(key) = &circuit {
+            match ctx.circuits.gate(key) {
+                Gate::Blocked(until) => {
+                    delivery.park = Some(Park::deferred(
+                        until,
+                        "circuit_open",
+                        json!({"provider": provider, "integration_id": route.integration_id}),
+                    ));
+                    return Ok(delivery);
+                }
+                Gate::Pass(call) => ticket = Some(call),
+            }
         }
         delivery.attempts += 1;
         delivery.called_at = Some(ctx.clock.now());
@@ -395,9 +403,9 @@ async fn send_with_retries(
             .with_label_values(&[provider, label])
             .observe(started.elapsed().as_secs_f64());
         let mut opened_now = false;
-        if let Some(key) = &circuit {
+        if let (Some(key), Some(call)) = (&circuit, ticket) {
             let down = result.as_ref().err().is_some_and(looks_down);
-            if let Some(t) = ctx.circuits.record(key, down) {
+            if let Some(t) = ctx.circuits.settle(key, call, down) {
                 opened_now = matches!(t, Transition::Opened { .. });
                 record_circuit(ctx, job, route, t, &signals.abandon).await?;
             }
@@ -540,7 +548,7 @@ async fn check_limits(
     for (key, limit) in &keys {
         if let Some(per_second) = limit.per_second {
             let acquired = tokio::select! {
-                r = ctx.limits.acquire(key, per_second) => r,
+                r = ctx.limits.acquire_job(key, job.id, per_second) => r,
                 _ = shutdown.cancelled() => return Err(Stop::Shutdown),
             };
             if let Err(until) = acquired {

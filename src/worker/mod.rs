@@ -76,7 +76,6 @@ impl WorkerContext {
         let claims = Batcher::spawn(
             ClaimOp {
                 lease: settings.lease,
-                owner: Some(liveness.key()),
             },
             pool.clone(),
             BATCH_ROWS,
