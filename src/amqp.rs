@@ -317,14 +317,14 @@ impl DeadLetters {
             }
         };
         let result = dead_letter(&channel, body, original, reason).await;
-        if result.is_err() {
-            if let Some((conn, _)) = self.channel.lock().await.take() {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    conn.close(200, "dead-letter publish failed".into()),
-                )
-                .await;
-            }
+        if result.is_err()
+            && let Some((conn, _)) = self.channel.lock().await.take()
+        {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                conn.close(200, "dead-letter publish failed".into()),
+            )
+            .await;
         }
         result
     }

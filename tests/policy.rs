@@ -989,3 +989,59 @@ async fn jobs_due_at_one_instant_are_taken_oldest_first_and_keep_their_age_when_
     }
     assert_eq!(take_due(&mut client, due).await, oldest_first);
 }
+
+/// Issue 18 #1 at the defaults (threshold 5, max attempts 5, prefetch 512):
+/// one job against an account that keeps answering 503 spends its fifth
+/// attempt on the failure that opens the circuit. It must be deferred with
+/// every later job, not `failed` and dead-lettered; and however many calls
+/// fail, the circuit opens once.
+#[tokio::test]
+async fn the_job_that_opens_the_circuit_is_deferred_not_failed_at_the_defaults() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503).set_body_json(json!({
+            "code": 20503, "message": "Service Unavailable", "status": 503
+        })))
+        .mount(&server)
+        .await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_TWILIO_BASE_URL", server.uri())
+        .set("TWILIO_ACCOUNT_SID", SID)
+        .set("TWILIO_AUTH_TOKEN", "platform-token")
+        .set("TWILIO_PHONE_NUMBER", "+14155550000");
+    let worker = env.start_worker();
+    let publisher = env.publisher().await;
+    let job = sms_job("agent-cd", "+14155550123");
+    publisher.publish(&job).await;
+    let row = env.wait_for_status(job_id(&job), "deferred").await;
+    assert_eq!(
+        row.attempts, 5,
+        "every attempt was spent before the circuit opened"
+    );
+    // Later jobs meet the open circuit without calling Twilio.
+    let later: Vec<_> = (0..20)
+        .map(|_| sms_job("agent-cd", "+14155550123"))
+        .collect();
+    for j in &later {
+        publisher.publish(j).await;
+    }
+    for j in &later {
+        env.wait_for_status(job_id(j), "deferred").await;
+    }
+    worker.stop().await;
+    assert_eq!(requests(&server).await, 5);
+    let opened = count(
+        &env,
+        "SELECT count(*) FROM outbound_events WHERE event = 'circuit_opened'",
+    )
+    .await;
+    assert_eq!(opened, 1);
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'failed'"
+        )
+        .await,
+        0
+    );
+}

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::WorkerContext;
-use crate::domain::{Route, SendJob};
+use crate::domain::{Category, Route, SendJob};
 use crate::policy::circuit::{Gate, Transition};
 use crate::policy::{self, AgentPolicy, Hold};
 use crate::providers::{Accepted, ProviderError, SendRequest};
@@ -163,17 +163,20 @@ async fn process_inner(
         Err(e) => return record_unroutable(ctx, &job, e, shutdown).await,
     };
 
-    if let Some(park) = check_limits(ctx, &job, &agent, &route, &signals.stop).await? {
-        return park_job(
-            ctx,
-            &job,
-            Some(&route),
-            park,
-            Attempted::default(),
-            shutdown,
-        )
-        .await;
-    }
+    let reserved = match check_limits(ctx, &job, &agent, &route, &signals.stop).await? {
+        Ok(reserved) => reserved,
+        Err(park) => {
+            return park_job(
+                ctx,
+                &job,
+                Some(&route),
+                park,
+                Attempted::default(),
+                shutdown,
+            )
+            .await;
+        }
+    };
 
     // The claim was made under this process's lock; if the lock was lost
     // since (the Postgres connection dropped), another worker may have taken
@@ -185,6 +188,7 @@ async fn process_inner(
         }
     }
     let mut delivery = send_with_retries(ctx, &job, &route, prior_attempts, signals).await?;
+    settle_quota(ctx, reserved, &delivery, shutdown).await?;
     if let Some(park) = delivery.park.take() {
         let attempted = Attempted {
             attempts: delivery.attempts,
@@ -534,25 +538,37 @@ async fn check_limits(
     agent: &AgentPolicy,
     route: &ResolvedRoute,
     shutdown: &CancellationToken,
-) -> Result<Option<Park>, Stop> {
+) -> Result<Result<Option<Reserved>, Park>, Stop> {
+    let marketing = job.category == Category::Marketing;
+    // (key, limit, whether its hour/day quotas apply to this job, units of
+    // them this job may not use)
     let mut keys = Vec::new();
     if let Some(limit) = agent.limits.get(&job.channel) {
-        keys.push((format!("agent:{}:{}", job.agent_id, job.channel), *limit));
+        // An agent's own hour/day quotas pace its marketing; transactional
+        // messages (codes, confirmations) are exempt from them.
+        keys.push((
+            format!("agent:{}:{}", job.agent_id, job.channel),
+            *limit,
+            marketing,
+            false,
+        ));
     }
     if let Some(id) = route.integration_id {
         let limit = policy::RateLimit::from_json(route.settings.value("rate_limit"));
         if !limit.is_empty() {
-            keys.push((format!("integration:{id}"), limit));
+            // The account's quotas are the provider's: every message counts,
+            // and marketing leaves a share for transactional ones.
+            keys.push((format!("integration:{id}"), limit, true, marketing));
         }
     }
-    for (key, limit) in &keys {
+    for (key, limit, _, _) in &keys {
         if let Some(per_second) = limit.per_second {
             let acquired = tokio::select! {
                 r = ctx.limits.acquire_job(key, job.id, per_second) => r,
                 _ = shutdown.cancelled() => return Err(Stop::Shutdown),
             };
             if let Err(until) = acquired {
-                return Ok(Some(Park::deferred(
+                return Ok(Err(Park::deferred(
                     until,
                     "rate_limit",
                     json!({"key": key, "per_second": per_second.get()}),
@@ -562,24 +578,76 @@ async fn check_limits(
     }
     let quotas: Vec<(String, Window, u32)> = keys
         .iter()
-        .flat_map(|(key, limit)| {
+        .filter(|(_, _, applies, _)| *applies)
+        .flat_map(|(key, limit, _, leave_share)| {
+            let usable = |n: u32| {
+                if *leave_share {
+                    n - quotas::transactional_share(n)
+                } else {
+                    n
+                }
+            };
             [
-                limit.per_hour.map(|n| (key.clone(), Window::Hour, n.get())),
-                limit.per_day.map(|n| (key.clone(), Window::Day, n.get())),
+                limit
+                    .per_hour
+                    .map(|n| (key.clone(), Window::Hour, usable(n.get()))),
+                limit
+                    .per_day
+                    .map(|n| (key.clone(), Window::Day, usable(n.get()))),
             ]
         })
         .flatten()
         .collect();
     if quotas.is_empty() {
-        return Ok(None);
+        return Ok(Ok(None));
     }
     let now = ctx.clock.now();
-    let quotas = &quotas;
-    let full = with_db(ctx, shutdown, |mut c| async move {
-        quotas::reserve(&mut c, quotas, now).await
+    let full = {
+        let quotas = &quotas;
+        with_db(ctx, shutdown, |mut c| async move {
+            quotas::reserve(&mut c, quotas, now).await
+        })
+        .await?
+    };
+    Ok(match full {
+        Some(until) => Err(Park::deferred(
+            until,
+            "quota",
+            json!({"quota_resets_at": until}),
+        )),
+        None => Ok(Some(Reserved { quotas, at: now })),
     })
-    .await?;
-    Ok(full.map(|until| Park::deferred(until, "quota", json!({"quota_resets_at": until}))))
+}
+
+/// Hour and day quota units a job took before its provider call, held
+/// until the call's result says whether anything was sent.
+struct Reserved {
+    quotas: Vec<(String, Window, u32)>,
+    at: DateTime<Utc>,
+}
+
+/// Gives the units back when the delivery sent nothing: parked (circuit
+/// open, long Retry-After) or refused. A message that was sent, or may have
+/// been (`unknown`), keeps them.
+async fn settle_quota(
+    ctx: &WorkerContext,
+    reserved: Option<Reserved>,
+    delivery: &Delivery,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
+    let Some(reserved) = reserved else {
+        return Ok(());
+    };
+    let sent_nothing =
+        delivery.park.is_some() || (delivery.result.is_err() && !delivery.unconfirmed);
+    if !sent_nothing {
+        return Ok(());
+    }
+    let reserved = &reserved;
+    with_db(ctx, shutdown, |mut c| async move {
+        quotas::release(&mut c, &reserved.quotas, reserved.at).await
+    })
+    .await
 }
 
 /// Suppressed and cancelled jobs get their final status; scheduled and
@@ -618,17 +686,14 @@ async fn apply_hold(
     };
     tracing::info!(status, %detail, "not sent");
     let reason = detail["reason"].as_str().map(str::to_string);
-    record_unsent(
-        ctx,
-        job,
+    let unsent = Unsent {
         status,
-        reason.as_deref(),
-        status,
+        last_error: reason.as_deref(),
+        label: status,
         detail,
-        None,
-        shutdown,
-    )
-    .await?;
+        dead_letter_reason: None,
+    };
+    record_unsent(ctx, job, unsent, shutdown).await?;
     Ok(if status == "suppressed" {
         Outcome::Suppressed
     } else {
@@ -841,17 +906,14 @@ async fn record_unroutable(
         .await?;
     }
     let detail = json!({"code": code, "message": error.to_string()});
-    record_unsent(
-        ctx,
-        job,
-        "failed",
-        Some(&reason),
-        code,
+    let unsent = Unsent {
+        status: "failed",
+        last_error: Some(&reason),
+        label: code,
         detail,
-        None,
-        shutdown,
-    )
-    .await?;
+        dead_letter_reason: None,
+    };
+    record_unsent(ctx, job, unsent, shutdown).await?;
     Ok(Outcome::Failed {
         dead_letter: None,
         reason,
@@ -874,17 +936,14 @@ async fn give_up_on_lost_deliveries(
     );
     tracing::error!(%reason, "poison job");
     let detail = json!({"code": "attempts_exhausted", "attempts": attempts, "message": reason});
-    record_unsent(
-        ctx,
-        job,
-        "failed",
-        Some(&reason),
-        "failed",
+    let unsent = Unsent {
+        status: "failed",
+        last_error: Some(&reason),
+        label: "failed",
         detail,
-        Some(&reason),
-        shutdown,
-    )
-    .await?;
+        dead_letter_reason: Some(&reason),
+    };
+    record_unsent(ctx, job, unsent, shutdown).await?;
     Ok(Outcome::Failed {
         dead_letter: Some(job.id),
         reason,
@@ -908,16 +967,30 @@ pub async fn dead_letter_delivered(ctx: &WorkerContext, id: Uuid) {
 
 /// Records the final status of a job that reached no provider (suppressed,
 /// cancelled, unroutable) with its one event, and counts it under `label`.
+/// The final status of a job that reached no provider, with its one event.
+struct Unsent<'a> {
+    status: &'static str,
+    last_error: Option<&'a str>,
+    /// The metrics outcome label.
+    label: &'a str,
+    detail: serde_json::Value,
+    /// Set when the job must also be dead-lettered.
+    dead_letter_reason: Option<&'a str>,
+}
+
 async fn record_unsent(
     ctx: &WorkerContext,
     job: &SendJob,
-    status: &'static str,
-    last_error: Option<&str>,
-    label: &str,
-    detail: serde_json::Value,
-    dead_letter_reason: Option<&str>,
+    unsent: Unsent<'_>,
     shutdown: &CancellationToken,
 ) -> Result<(), Stop> {
+    let Unsent {
+        status,
+        last_error,
+        label,
+        detail,
+        dead_letter_reason,
+    } = unsent;
     let record = messages::Outcome {
         status,
         route: None,
