@@ -668,3 +668,109 @@ async fn agent_settings_from_the_command_line() {
         assert!(err.contains(expected), "{err}");
     }
 }
+
+/// Issue 11: three `switchboard worker` processes share one queue; an agent
+/// limited to 2/s sends its 30 jobs spaced as one process would, because
+/// the slots come from Postgres: the slots handed out are exactly 500 ms
+/// apart (never three in one second), and the sends, which can only be
+/// later than their slots, span at least 14.5 s. Another agent's jobs are
+/// not held back.
+#[tokio::test]
+async fn three_workers_keep_an_agents_per_second_limit_exact() {
+    const LIMITED: usize = 30;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/2010-04-01/Accounts/{SID}/Messages.json")))
+        .respond_with(
+            ResponseTemplate::new(201).set_body_json(json!({"sid": "SMlim", "status": "queued"})),
+        )
+        .mount(&server)
+        .await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_TWILIO_BASE_URL", server.uri())
+        .set("TWILIO_ACCOUNT_SID", SID)
+        .set("TWILIO_AUTH_TOKEN", "platform-token")
+        .set("TWILIO_PHONE_NUMBER", "+14155550000");
+    env.db
+        .client()
+        .await
+        .execute(
+            r#"INSERT INTO agents (id, limits) VALUES ('agent-2ps', '{"sms": {"per_second": 2}}')"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    let workers: Vec<Running> = (0..3).map(|_| spawn(&["worker"], &env.vars)).collect();
+    let publisher = env.publisher().await;
+    for i in 0..LIMITED {
+        let mut job = sms_job("agent-2ps", "+14155550123");
+        job["text"] = json!(format!("limited {i}"));
+        publisher.publish(&job).await;
+        let mut other = sms_job("agent-free", "+14155550123");
+        other["text"] = json!(format!("free {i}"));
+        publisher.publish(&other).await;
+    }
+    wait_until("every job to be sent", || async {
+        (count(
+            &env,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
+        )
+        .await as usize
+            == 2 * LIMITED)
+            .then_some(())
+    })
+    .await;
+    for mut w in workers {
+        assert!(terminate(&mut w).success());
+    }
+    let client = env.db.client().await;
+    // When each limited job was sent, and the slot it was given, by the
+    // worker's own record.
+    let rows = client
+        .query(
+            "SELECT (e.detail->>'at')::timestamptz, (e.detail->>'rate_slot')::timestamptz
+               FROM outbound_events e JOIN outbound_messages m ON m.id = e.message_id
+              WHERE m.agent_id = 'agent-2ps' AND e.event = 'sent' ORDER BY 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), LIMITED);
+    let slots: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|r| r.get(1)).collect();
+    for w in slots.windows(2) {
+        assert!(
+            w[1] - w[0] >= chrono::Duration::milliseconds(500),
+            "slots closer than 1/2 s: {w:?}"
+        );
+    }
+    let mut sent: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|r| r.get(0)).collect();
+    sent.sort();
+    for (at, slot) in rows.iter().map(|r| {
+        (
+            r.get::<_, chrono::DateTime<chrono::Utc>>(0),
+            r.get::<_, chrono::DateTime<chrono::Utc>>(1),
+        )
+    }) {
+        assert!(at >= slot, "sent at {at}, before its slot {slot}");
+    }
+    let spread = sent[LIMITED - 1] - sent[0];
+    assert!(
+        spread >= chrono::Duration::milliseconds(14_500),
+        "30 jobs at 2/s over {spread}"
+    );
+    let times = sent;
+    let free_last: chrono::DateTime<chrono::Utc> = client
+        .query_one(
+            "SELECT max((e.detail->>'at')::timestamptz) FROM outbound_events e
+               JOIN outbound_messages m ON m.id = e.message_id
+              WHERE m.agent_id = 'agent-free' AND e.event = 'sent'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        free_last < times[LIMITED - 1],
+        "the unlimited agent finished before the limited one"
+    );
+}

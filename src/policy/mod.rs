@@ -9,7 +9,6 @@
 pub mod circuit;
 mod country_zones;
 pub mod quiet_hours;
-pub mod rate_limit;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;

@@ -13,6 +13,7 @@ pub mod messages;
 pub mod opt_outs;
 pub mod provider_events;
 pub mod quotas;
+pub mod rate_slots;
 pub mod scheduled;
 
 use std::str::FromStr;

@@ -33,6 +33,7 @@ use crate::routing::{ResolvedRoute, RouteError};
 use crate::store::StoreError;
 use crate::store::messages::{self, Claim, EventRow};
 use crate::store::quotas::{self, Window};
+use crate::store::rate_slots;
 use crate::store::scheduled;
 
 /// How one delivery of a job ended. Each maps to one broker action
@@ -163,8 +164,8 @@ async fn process_inner(
         Err(e) => return record_unroutable(ctx, &job, e, shutdown).await,
     };
 
-    let reserved = match check_limits(ctx, &job, &agent, &route, &signals.stop).await? {
-        Ok(reserved) => reserved,
+    let admitted = match check_limits(ctx, &job, &agent, &route, &signals.stop).await? {
+        Ok(admitted) => admitted,
         Err(park) => {
             return park_job(
                 ctx,
@@ -188,7 +189,8 @@ async fn process_inner(
         }
     }
     let mut delivery = send_with_retries(ctx, &job, &route, prior_attempts, signals).await?;
-    settle_quota(ctx, reserved, &delivery, shutdown).await?;
+    settle_quota(ctx, admitted.quota, &delivery, shutdown).await?;
+    delivery.rate_slot = admitted.rate_slot;
     if let Some(park) = delivery.park.take() {
         let attempted = Attempted {
             attempts: delivery.attempts,
@@ -287,6 +289,8 @@ struct Delivery {
     events: Vec<EventRow>,
     /// Policy time of the last provider call, which rate limits were judged by.
     called_at: Option<DateTime<Utc>>,
+    /// The per-second slot the job was given (recorded with the send).
+    rate_slot: Option<DateTime<Utc>>,
 }
 
 /// A job to put back in `scheduled_jobs`.
@@ -375,6 +379,7 @@ async fn send_with_retries(
         park: None,
         events: Vec::new(),
         called_at: None,
+        rate_slot: None,
     };
     loop {
         // The gate's ticket goes back with the result, so that only the
@@ -538,7 +543,7 @@ async fn check_limits(
     agent: &AgentPolicy,
     route: &ResolvedRoute,
     shutdown: &CancellationToken,
-) -> Result<Result<Option<Reserved>, Park>, Stop> {
+) -> Result<Result<Admitted, Park>, Stop> {
     let marketing = job.category == Category::Marketing;
     // (key, limit, whether its hour/day quotas apply to this job, units of
     // them this job may not use)
@@ -561,18 +566,31 @@ async fn check_limits(
             keys.push((format!("integration:{id}"), limit, true, marketing));
         }
     }
+    let mut rate_slot = None;
     for (key, limit, _, _) in &keys {
         if let Some(per_second) = limit.per_second {
-            let acquired = tokio::select! {
-                r = ctx.limits.acquire_job(key, job.id, per_second) => r,
-                _ = shutdown.cancelled() => return Err(Stop::Shutdown),
-            };
-            if let Err(until) = acquired {
+            // The slot comes from Postgres, so the limit holds across every
+            // worker process (store::rate_slots).
+            let now = ctx.clock.now();
+            let wait_max = ctx.settings.rate_wait_max;
+            let slot = with_db(ctx, shutdown, |c| async move {
+                rate_slots::take(&c, key, job.id, per_second, now, wait_max).await
+            })
+            .await?;
+            let wait = (slot - now).to_std().unwrap_or(Duration::ZERO);
+            if wait > wait_max {
                 return Ok(Err(Park::deferred(
-                    until,
+                    slot,
                     "rate_limit",
                     json!({"key": key, "per_second": per_second.get()}),
                 )));
+            }
+            rate_slot = rate_slot.max(Some(slot));
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = ctx.clock.sleep_until(slot) => {}
+                    _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+                }
             }
         }
     }
@@ -599,7 +617,10 @@ async fn check_limits(
         .flatten()
         .collect();
     if quotas.is_empty() {
-        return Ok(Ok(None));
+        return Ok(Ok(Admitted {
+            quota: None,
+            rate_slot,
+        }));
     }
     let now = ctx.clock.now();
     let full = {
@@ -615,8 +636,18 @@ async fn check_limits(
             "quota",
             json!({"quota_resets_at": until}),
         )),
-        None => Ok(Some(Reserved { quotas, at: now })),
+        None => Ok(Admitted {
+            quota: Some(Reserved { quotas, at: now }),
+            rate_slot,
+        }),
     })
+}
+
+/// What the limits let through: the quota units taken and the per-second
+/// slot given, if any.
+struct Admitted {
+    quota: Option<Reserved>,
+    rate_slot: Option<DateTime<Utc>>,
 }
 
 /// Hour and day quota units a job took before its provider call, held
@@ -771,6 +802,9 @@ async fn record_delivery(
                 // Policy time (the injected clock) of the provider call.
                 "at": delivery.called_at,
             });
+            if let Some(slot) = delivery.rate_slot {
+                detail["rate_slot"] = json!(slot);
+            }
             if accepted.provider_message_id.is_none() {
                 detail["warning"] =
                     json!("the provider accepted the message but its id could not be read");
