@@ -18,8 +18,8 @@ use switchboard::metrics::Metrics;
 use switchboard::store::quotas::{self, Window};
 use switchboard::store::scheduled;
 use switchboard::worker::{WorkerContext, scheduler};
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use wiremock::{MockServer, ResponseTemplate};
 
 const SID: &str = "AC00000000000000000000000000000999";
 
@@ -28,7 +28,7 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 async fn twilio_ok(server: &MockServer) {
-    Mock::given(method("POST"))
+    twilio_create_message(SID, "platform-token")
         .respond_with(
             ResponseTemplate::new(201).set_body_json(json!({"sid": "SMpol", "status": "queued"})),
         )
@@ -224,7 +224,7 @@ async fn opted_out_recipients_are_suppressed_without_a_provider_call() {
 #[tokio::test]
 async fn twilio_21610_records_an_opt_out_and_later_jobs_are_suppressed() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
+    twilio_create_message(SID, "platform-token")
         .respond_with(ResponseTemplate::new(400).set_body_json(json!({
             "code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400})))
         .expect(1)
@@ -495,7 +495,7 @@ async fn an_opt_out_or_the_command_line_cancels_later_steps_of_a_sequence() {
 #[tokio::test]
 async fn a_long_retry_after_parks_the_job_instead_of_holding_a_slot() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
+    twilio_create_message(SID, "platform-token")
         .respond_with(
             ResponseTemplate::new(429)
                 .insert_header("retry-after", "120")
@@ -537,7 +537,7 @@ async fn a_failing_account_opens_its_circuit_defers_jobs_and_closes_after_a_good
         .set("SWITCHBOARD_CIRCUIT_COOLDOWN_MS", "30000")
         .set("SWITCHBOARD_MAX_ATTEMPTS", "5")
         .set("SWITCHBOARD_PREFETCH", "1");
-    Mock::given(method("POST"))
+    twilio_create_message(SID, "platform-token")
         .respond_with(ResponseTemplate::new(503))
         .mount(&server)
         .await;
@@ -998,7 +998,7 @@ async fn jobs_due_at_one_instant_are_taken_oldest_first_and_keep_their_age_when_
 #[tokio::test]
 async fn the_job_that_opens_the_circuit_is_deferred_not_failed_at_the_defaults() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
+    twilio_create_message(SID, "platform-token")
         .respond_with(ResponseTemplate::new(503).set_body_json(json!({
             "code": 20503, "message": "Service Unavailable", "status": 503
         })))

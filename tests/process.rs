@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use wiremock::{MockServer, ResponseTemplate};
 
 const SID: &str = "AC00000000000000000000000000000999";
 
@@ -125,8 +125,7 @@ fn free_port() -> u16 {
 async fn a_worker_killed_mid_batch_loses_nothing_after_restart() {
     const JOBS: usize = 300;
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/2010-04-01/Accounts/{SID}/Messages.json")))
+    twilio_create_message(SID, "platform-token")
         .respond_with(
             ResponseTemplate::new(201)
                 .set_body_json(json!({"sid": "SMkill", "status": "queued"}))
@@ -679,8 +678,7 @@ async fn agent_settings_from_the_command_line() {
 async fn three_workers_keep_an_agents_per_second_limit_exact() {
     const LIMITED: usize = 30;
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/2010-04-01/Accounts/{SID}/Messages.json")))
+    twilio_create_message(SID, "platform-token")
         .respond_with(
             ResponseTemplate::new(201).set_body_json(json!({"sid": "SMlim", "status": "queued"})),
         )

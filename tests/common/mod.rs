@@ -576,3 +576,15 @@ pub async fn count(env: &Env, sql: &str) -> i64 {
         .unwrap()
         .get(0)
 }
+
+/// A mock of Twilio's CreateMessage that matches only the request Twilio
+/// would accept from this account: the path, HTTP basic auth with its auth
+/// token, and a form body. Anything else gets wiremock's 404, and the test
+/// sees the job fail.
+pub fn twilio_create_message(sid: &str, token: &str) -> wiremock::MockBuilder {
+    use wiremock::matchers::{header, method, path};
+    wiremock::Mock::given(method("POST"))
+        .and(path(format!("/2010-04-01/Accounts/{sid}/Messages.json")))
+        .and(header("authorization", basic_auth(sid, token).as_str()))
+        .and(header("content-type", "application/x-www-form-urlencoded"))
+}
