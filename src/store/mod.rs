@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod batch;
+pub mod circuits;
 pub mod integrations;
 pub mod liveness;
 pub mod messages;
