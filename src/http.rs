@@ -56,6 +56,10 @@ pub fn router(state: HttpState) -> Router {
             "/webhooks/resend/{owner}",
             post(crate::webhooks::resend_webhook),
         )
+        .route(
+            "/webhooks/sendgrid/{owner}",
+            post(crate::webhooks::sendgrid::sendgrid_webhook),
+        )
         .with_state(state)
 }
 

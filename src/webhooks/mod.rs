@@ -12,6 +12,7 @@
 
 pub mod inbox;
 pub mod resend;
+pub mod sendgrid;
 pub mod twilio;
 
 use axum::extract::{Path, State};
