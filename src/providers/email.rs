@@ -46,7 +46,11 @@ impl Mailbox {
     /// providers that take one string (Mailgun, Postmark).
     pub fn header(&self) -> String {
         match &self.name {
-            Some(name) => format!("\"{}\" <{}>", name.replace('\\', "\\\\").replace('"', "\\\""), self.email),
+            Some(name) => format!(
+                "\"{}\" <{}>",
+                name.replace('\\', "\\\\").replace('"', "\\\""),
+                self.email
+            ),
             None => self.email.clone(),
         }
     }
@@ -89,7 +93,10 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(m.email, "jane@realty.test");
-        assert_eq!(m.header(), r#""Jane \"JR\" RealtyBcc: x@y.z" <jane@realty.test>"#);
+        assert_eq!(
+            m.header(),
+            r#""Jane \"JR\" RealtyBcc: x@y.z" <jane@realty.test>"#
+        );
         let m = Mailbox::from_settings(&settings(&[("from_email", "a@b.co")])).unwrap();
         assert_eq!((m.name.clone(), m.header()), (None, "a@b.co".to_string()));
         assert!(Mailbox::from_settings(&settings(&[("from_email", "nobody")])).is_err());

@@ -26,12 +26,18 @@ pub async fn sendgrid_webhook(
         .sendgrid_webhook_public_key
         .clone()
         .map(SecretString::from);
-    let account =
-        match account_secret(&state, NAME, &owner, "webhook_public_key", platform.as_ref()).await
-        {
-            Ok(found) => found,
-            Err(response) => return response,
-        };
+    let account = match account_secret(
+        &state,
+        NAME,
+        &owner,
+        "webhook_public_key",
+        platform.as_ref(),
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
     let header = |name: &str| {
         headers
             .get(name)

@@ -1,7 +1,7 @@
 //! Shared test harness: a fresh Postgres database and a fresh RabbitMQ vhost
 //! per test, settings built without touching the process environment, an
 //! in-process worker, and checks of provider requests against the official
-//! OpenAPI specs in `../shared/specs`.
+//! OpenAPI specs in `tests/specs` (copies, with their licences).
 #![allow(dead_code)]
 
 pub mod proxy;

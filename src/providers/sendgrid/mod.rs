@@ -99,10 +99,13 @@ pub fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
         // A dynamic template (`d-…`) brings its own content; its data goes
         // with the personalization.
         Some(t) => {
-            let id = t.get("id").and_then(Value::as_str).ok_or_else(|| ProviderError {
-                code: Some("invalid_template".into()),
-                ..ProviderError::misconfigured("a SendGrid template needs `template.id`")
-            })?;
+            let id = t
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ProviderError {
+                    code: Some("invalid_template".into()),
+                    ..ProviderError::misconfigured("a SendGrid template needs `template.id`")
+                })?;
             b.insert("template_id".into(), id.into());
             if let Some(vars) = t.get("variables").filter(|v| v.is_object()) {
                 personalization.insert("dynamic_template_data".into(), vars.clone());
@@ -226,9 +229,11 @@ fn error(reply: &Reply, now_unix: i64) -> ProviderError {
         .and_then(Value::as_str)
         .filter(|f| *f != "null")
         .map(str::to_string);
-    let retry_after = reply
-        .retry_after()
-        .or_else(|| (reply.status == 429).then(|| rate_limit_reset(reply, now_unix)).flatten());
+    let retry_after = reply.retry_after().or_else(|| {
+        (reply.status == 429)
+            .then(|| rate_limit_reset(reply, now_unix))
+            .flatten()
+    });
     ProviderError::from_status(reply.status, code, message, retry_after)
 }
 
@@ -269,17 +274,34 @@ mod tests {
     fn errors_are_classified_as_sendgrid_sends_them() {
         // 400: the request is wrong; the same request fails the same way.
         let e = error(
-            &reply(400, &[], r#"{"errors":[{"message":"The from email does not contain a valid address.","field":"from.email","help":"http://sendgrid.com/docs/..."}]}"#),
+            &reply(
+                400,
+                &[],
+                r#"{"errors":[{"message":"The from email does not contain a valid address.","field":"from.email","help":"http://sendgrid.com/docs/..."}]}"#,
+            ),
             NOW,
         );
         assert!(!e.is_retriable() && !e.maybe_sent);
         assert_eq!(e.code.as_deref(), Some("from.email"));
-        assert!(e.message.contains("from.email: The from email"), "{}", e.message);
+        assert!(
+            e.message.contains("from.email: The from email"),
+            "{}",
+            e.message
+        );
         // 401 bad key, 403 missing scope or unverified sender, 413 too big.
         for (status, body) in [
-            (401, r#"{"errors":[{"field":null,"message":"The provided authorization grant is invalid, expired, or revoked","help":null}]}"#),
-            (403, r#"{"errors":[{"field":"from","message":"The from address does not match a verified Sender Identity.","help":null}]}"#),
-            (413, r#"{"errors":[{"field":null,"message":"Payload too large"}]}"#),
+            (
+                401,
+                r#"{"errors":[{"field":null,"message":"The provided authorization grant is invalid, expired, or revoked","help":null}]}"#,
+            ),
+            (
+                403,
+                r#"{"errors":[{"field":"from","message":"The from address does not match a verified Sender Identity.","help":null}]}"#,
+            ),
+            (
+                413,
+                r#"{"errors":[{"field":null,"message":"Payload too large"}]}"#,
+            ),
         ] {
             let e = error(&reply(status, &[], body), NOW);
             assert!(!e.is_retriable(), "{status}");
@@ -289,7 +311,11 @@ mod tests {
         let e = error(
             &reply(
                 429,
-                &[("x-ratelimit-limit", "600"), ("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1700000007")],
+                &[
+                    ("x-ratelimit-limit", "600"),
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", "1700000007"),
+                ],
                 r#"{"errors":[{"field":null,"message":"too many requests"}]}"#,
             ),
             NOW,
@@ -300,10 +326,20 @@ mod tests {
         // A reset in the past or absurdly far away is not a panic.
         let e = error(&reply(429, &[("x-ratelimit-reset", "5")], ""), NOW);
         assert_eq!(e.retry_after, Some(Duration::ZERO));
-        let e = error(&reply(429, &[("x-ratelimit-reset", "9223372036854775807")], ""), NOW);
+        let e = error(
+            &reply(429, &[("x-ratelimit-reset", "9223372036854775807")], ""),
+            NOW,
+        );
         assert_eq!(e.retry_after, Some(MAX_RETRY_AFTER));
         // 5xx: may have been sent; SendGrid does not deduplicate.
-        let e = error(&reply(500, &[], r#"{"errors":[{"field":null,"message":"internal error"}]}"#), NOW);
+        let e = error(
+            &reply(
+                500,
+                &[],
+                r#"{"errors":[{"field":null,"message":"internal error"}]}"#,
+            ),
+            NOW,
+        );
         assert!(e.is_retriable() && e.maybe_sent);
         let e = error(&reply(502, &[], "<html>Bad Gateway</html>"), NOW);
         assert!(e.maybe_sent);
@@ -312,8 +348,15 @@ mod tests {
 
     #[test]
     fn the_message_id_is_the_x_message_id_header() {
-        let a = accepted(&reply(202, &[("x-message-id", "LRzXl_NHStOGhQ4kofSm_A")], ""));
-        assert_eq!(a.provider_message_id.as_deref(), Some("LRzXl_NHStOGhQ4kofSm_A"));
+        let a = accepted(&reply(
+            202,
+            &[("x-message-id", "LRzXl_NHStOGhQ4kofSm_A")],
+            "",
+        ));
+        assert_eq!(
+            a.provider_message_id.as_deref(),
+            Some("LRzXl_NHStOGhQ4kofSm_A")
+        );
         assert_eq!(accepted(&reply(202, &[], "")).provider_message_id, None);
     }
 

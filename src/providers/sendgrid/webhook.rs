@@ -155,7 +155,14 @@ fn notice(e: &Value) -> Option<Notice> {
         None => format!("sendgrid {}", text("event").unwrap_or(event)),
     });
     let mut detail = json!({"event": text("event")});
-    for key in ["reason", "type", "status", "response", "url", "bounce_classification"] {
+    for key in [
+        "reason",
+        "type",
+        "status",
+        "response",
+        "url",
+        "bounce_classification",
+    ] {
         if let Some(v) = e.get(key) {
             detail[key] = v.clone();
         }
@@ -244,7 +251,10 @@ mod tests {
             verify("not a key", SIGNATURE, TIMESTAMP, body, then()),
             Err(Invalid::Key)
         );
-        assert_eq!(verify("", SIGNATURE, TIMESTAMP, body, then()), Err(Invalid::Key));
+        assert_eq!(
+            verify("", SIGNATURE, TIMESTAMP, body, then()),
+            Err(Invalid::Key)
+        );
     }
 
     #[test]
@@ -268,10 +278,16 @@ mod tests {
         assert_eq!(notices.len(), 1);
         let n = &notices[0];
         assert_eq!(n.message_id, "LRzXl_NHStOGhQ4kofSm_A");
-        assert_eq!(n.event_id, "ZHJvcC0xMDk5NDkxOS1MUnpYbF9OSFN0T0doUTRrb2ZTbV9BLTA");
+        assert_eq!(
+            n.event_id,
+            "ZHJvcC0xMDk5NDkxOS1MUnpYbF9OSFN0T0doUTRrb2ZTbV9BLTA"
+        );
         assert_eq!((n.event, n.opt_out), ("failed", Some("hard_bounce")));
         assert_eq!(n.email.as_deref(), Some("hello@world.com"));
-        assert_eq!(n.error.as_deref(), Some("sendgrid dropped: Bounced Address"));
+        assert_eq!(
+            n.error.as_deref(),
+            Some("sendgrid dropped: Bounced Address")
+        );
     }
 
     #[test]
@@ -284,12 +300,18 @@ mod tests {
             let n = parse(json!([e]).to_string().as_bytes());
             n.into_iter().next().map(|n| (n.event, n.opt_out))
         };
-        assert_eq!(one(json!({"event": "delivered"})), Some(("delivered", None)));
+        assert_eq!(
+            one(json!({"event": "delivered"})),
+            Some(("delivered", None))
+        );
         assert_eq!(
             one(json!({"event": "bounce", "type": "bounce"})),
             Some(("bounced", Some("hard_bounce")))
         );
-        assert_eq!(one(json!({"event": "bounce", "type": "blocked"})), Some(("bounced", None)));
+        assert_eq!(
+            one(json!({"event": "bounce", "type": "blocked"})),
+            Some(("bounced", None))
+        );
         assert_eq!(
             one(json!({"event": "spamreport"})),
             Some(("complained", Some("complaint")))
@@ -299,7 +321,10 @@ mod tests {
             Some(("unsubscribed", Some("unsubscribe")))
         );
         assert_eq!(one(json!({"event": "open"})), Some(("opened", None)));
-        assert_eq!(one(json!({"event": "click", "url": "https://x"})), Some(("clicked", None)));
+        assert_eq!(
+            one(json!({"event": "click", "url": "https://x"})),
+            Some(("clicked", None))
+        );
         assert_eq!(
             one(json!({"event": "dropped", "reason": "Invalid SMTPAPI header"})),
             Some(("failed", None))
@@ -312,8 +337,16 @@ mod tests {
 
     #[test]
     fn message_ids_are_the_part_before_the_filter() {
-        assert_eq!(message_id_of("LRzXl_NHStOGhQ4kofSm_A.filterdrecv-p3mdw1-756b745b58-kmzbl-18-5F5FC76C-9.0"), "LRzXl_NHStOGhQ4kofSm_A");
-        assert_eq!(message_id_of("14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0"), "14c5d75ce93.dfd.64b469");
+        assert_eq!(
+            message_id_of(
+                "LRzXl_NHStOGhQ4kofSm_A.filterdrecv-p3mdw1-756b745b58-kmzbl-18-5F5FC76C-9.0"
+            ),
+            "LRzXl_NHStOGhQ4kofSm_A"
+        );
+        assert_eq!(
+            message_id_of("14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0"),
+            "14c5d75ce93.dfd.64b469"
+        );
         assert_eq!(message_id_of("plain"), "plain");
     }
 }
