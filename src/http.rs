@@ -60,6 +60,10 @@ pub fn router(state: HttpState) -> Router {
             "/webhooks/sendgrid/{owner}",
             post(crate::webhooks::sendgrid::sendgrid_webhook),
         )
+        .route(
+            "/webhooks/mailgun/{owner}",
+            post(crate::webhooks::mailgun::mailgun_webhook),
+        )
         .with_state(state)
 }
 

@@ -13,6 +13,7 @@
 mod email;
 mod error;
 mod http;
+pub mod mailgun;
 mod resend;
 pub mod sendgrid;
 mod settings;
@@ -102,6 +103,7 @@ impl Registry {
             Arc::new(twilio::Twilio::new(http.clone(), &urls.twilio)),
             Arc::new(resend::Resend::new(http.clone(), &urls.resend)),
             Arc::new(sendgrid::SendGrid::new(http.clone(), &urls.sendgrid)),
+            Arc::new(mailgun::Mailgun::new(http.clone(), &urls.mailgun)),
         ];
         Self {
             providers: all.into_iter().map(|p| (p.name(), p)).collect(),

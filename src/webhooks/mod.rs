@@ -11,6 +11,7 @@
 //! (delivery, bounces, complaints, opens, clicks). Secrets are never logged.
 
 pub mod inbox;
+pub mod mailgun;
 pub mod resend;
 pub mod sendgrid;
 pub mod twilio;
