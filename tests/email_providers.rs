@@ -471,3 +471,186 @@ async fn another_sendgrid_accounts_valid_key_cannot_touch_its_messages() {
     );
     assert_eq!(env.events(job_id(&job)).await, vec!["queued", "sent"]);
 }
+
+// ---------------------------------------------------------------------------
+// Mailgun
+
+const MG_KEY: &str = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0";
+const MG_SIGNING: &str = "whk-9b1f0b3c7e2d4a68a1c5e7f9d2b4c6e8";
+
+/// `multipart/form-data` fields as (name, value), in order, read with no
+/// help from the code under test.
+fn multipart_fields(content_type: &str, body: &[u8]) -> Vec<(String, String)> {
+    let boundary = content_type
+        .split("boundary=")
+        .nth(1)
+        .expect("a multipart boundary")
+        .trim_matches('"');
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let delimiter = format!("--{boundary}");
+    let mut out = Vec::new();
+    for part in text.split(&delimiter).skip(1) {
+        if part.starts_with("--") {
+            break;
+        }
+        let (head, value) = part
+            .trim_start_matches("\r\n")
+            .split_once("\r\n\r\n")
+            .unwrap();
+        let name = head
+            .split("name=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap();
+        out.push((name.to_string(), value.trim_end_matches("\r\n").to_string()));
+    }
+    out
+}
+
+fn mailgun_sign(key: &str, timestamp: &str, token: &str) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}{token}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn mailgun_event(ts: i64, token: &str, key: &str, event: serde_json::Value) -> Vec<u8> {
+    let ts = ts.to_string();
+    json!({
+        "signature": {"timestamp": ts, "token": token, "signature": mailgun_sign(key, &ts, token)},
+        "event-data": event,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn connect_mailgun(env: &Env, agent: &str) -> uuid::Uuid {
+    env.connect_integration(
+        agent,
+        "email",
+        "mailgun",
+        json!({"api_key": MG_KEY, "domain": "mg.realty.test", "region": "eu",
+               "from_email": "jane@realty.test", "from_name": "Jane Realty",
+               "webhook_signing_key": MG_SIGNING}),
+    )
+    .await
+}
+
+async fn mount_mailgun(server: &MockServer) {
+    Mock::given(method("POST"))
+        .and(path("/v3/mg.realty.test/messages"))
+        .and(header("authorization", basic_auth("api", MG_KEY).as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "<20261125101500.1.5B2C7D1E@mg.realty.test>",
+            "message": "Queued. Thank you."
+        })))
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn mailgun_gets_multipart_with_basic_auth_and_the_id_is_stored_without_brackets() {
+    let server = MockServer::start().await;
+    mount_mailgun(&server).await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_MAILGUN_BASE_URL", server.uri());
+    connect_mailgun(&env, "agent-mg").await;
+    let worker = env.start_worker();
+    let mut job = email_job("agent-mg", "buyer@example.com");
+    job["reply_to"] = "office@realty.test".into();
+    job["campaign_id"] = "spring".into();
+    let row = outcome(&env, &job).await;
+    worker.stop().await;
+    assert_eq!(row.status, "sent");
+    assert_eq!(row.provider.as_deref(), Some("mailgun"));
+    assert_eq!(
+        row.provider_message_id.as_deref(),
+        Some("20261125101500.1.5B2C7D1E@mg.realty.test")
+    );
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1);
+    let ct = requests[0]
+        .headers
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(ct.starts_with("multipart/form-data; boundary="), "{ct}");
+    let fields = multipart_fields(&ct, &requests[0].body);
+    let get = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    assert_eq!(get("from"), Some("\"Jane Realty\" <jane@realty.test>"));
+    assert_eq!(get("to"), Some("buyer@example.com"));
+    assert_eq!(get("subject"), Some("New listing near you"));
+    assert_eq!(get("text"), Some("3 bed, 2 bath"));
+    assert_eq!(get("html"), Some("<p>3 bed, 2 bath</p>"));
+    assert_eq!(get("h:Reply-To"), Some("office@realty.test"));
+    assert_eq!(get("o:tag"), Some("spring"));
+    assert_eq!(get("v:listing"), Some("L-77"));
+    let job_id_text = job_id(&job).to_string();
+    assert_eq!(get("v:switchboard_job_id"), Some(job_id_text.as_str()));
+    // Every field is one Mailgun documents (plain, or an o:/h:/v: option).
+    for (name, _) in &fields {
+        assert!(
+            ["from", "to", "subject", "text", "html"].contains(&name.as_str())
+                || name.starts_with("o:")
+                || name.starts_with("h:")
+                || name.starts_with("v:"),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mailgun_webhooks_are_verified_and_stale_or_replayed_tokens_are_refused() {
+    let server = MockServer::start().await;
+    mount_mailgun(&server).await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_MAILGUN_BASE_URL", server.uri());
+    let integration = connect_mailgun(&env, "agent-mg").await;
+    let worker = env.start_worker();
+    let hooks = Hooks::start(&env, &worker).await;
+    let job = email_job("agent-mg", "buyer@example.com");
+    assert_eq!(outcome(&env, &job).await.status, "sent");
+    let path = format!("/webhooks/mailgun/{integration}");
+    let message = json!({"headers": {"message-id": "20261125101500.1.5B2C7D1E@mg.realty.test"}});
+    let delivered = json!({"event": "delivered", "id": "ev-delivered-1",
+        "recipient": "buyer@example.com", "message": message});
+    let failed = json!({"event": "failed", "id": "ev-failed-1", "severity": "permanent",
+        "reason": "bounce", "recipient": "buyer@example.com", "message": message,
+        "delivery-status": {"code": 550, "description": "No such mailbox"}});
+    let now = chrono::Utc::now().timestamp();
+
+    // Another key, a tampered byte, a stale timestamp: 401, nothing written.
+    let wrong = mailgun_event(now, "token-0001", "another-key", delivered.clone());
+    assert_eq!(hooks.post(&path, &[], wrong).await, 401);
+    let good = mailgun_event(now, "token-0001", MG_SIGNING, delivered.clone());
+    let mut tampered = good.clone();
+    let text = String::from_utf8(tampered.clone()).unwrap();
+    let at = text.find("token-0001").unwrap() + "token-000".len();
+    tampered[at] = b'2';
+    assert_eq!(hooks.post(&path, &[], tampered).await, 401);
+    let stale = mailgun_event(now - 10 * 60, "token-0003", MG_SIGNING, delivered.clone());
+    assert_eq!(hooks.post(&path, &[], stale).await, 401);
+    assert_eq!(count(&env, "SELECT count(*) FROM webhook_inbox").await, 0);
+
+    assert_eq!(hooks.post(&path, &[], good.clone()).await, 200);
+    env.wait_for_status(job_id(&job), "delivered").await;
+    // The same request again: its token was used.
+    assert_eq!(hooks.post(&path, &[], good).await, 401);
+    let bounce = mailgun_event(now, "token-0004", MG_SIGNING, failed);
+    assert_eq!(hooks.post(&path, &[], bounce).await, 200);
+    env.wait_for_status(job_id(&job), "bounced").await;
+    hooks.stop(worker).await;
+    assert_eq!(
+        opt_out_reason(&env, "agent-mg", "buyer@example.com")
+            .await
+            .as_deref(),
+        Some("hard_bounce")
+    );
+    assert_eq!(
+        env.events(job_id(&job)).await,
+        vec!["queued", "sent", "delivered", "bounced"]
+    );
+    assert_eq!(count(&env, "SELECT count(*) FROM webhook_inbox").await, 2);
+}

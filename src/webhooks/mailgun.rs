@@ -34,11 +34,23 @@ pub async fn mailgun_webhook(
             } else {
                 tracing::warn!(%owner, ?why, "Mailgun webhook with a missing, wrong or stale signature");
             }
-            return refuse(&state, NAME, StatusCode::UNAUTHORIZED, "bad_signature", "invalid signature");
+            return refuse(
+                &state,
+                NAME,
+                StatusCode::UNAUTHORIZED,
+                "bad_signature",
+                "invalid signature",
+            );
         }
     };
     let unavailable = |state: &HttpState| {
-        refuse(state, NAME, StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again")
+        refuse(
+            state,
+            NAME,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "try again",
+        )
     };
     let client = match state.pool.get().await {
         Ok(c) => c,
@@ -51,7 +63,13 @@ pub async fn mailgun_webhook(
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(%owner, "Mailgun webhook replayed: its token was seen before");
-            return refuse(&state, NAME, StatusCode::UNAUTHORIZED, "replayed", "token already used");
+            return refuse(
+                &state,
+                NAME,
+                StatusCode::UNAUTHORIZED,
+                "replayed",
+                "token already used",
+            );
         }
         Err(e) => {
             tracing::warn!(error = %e, "Mailgun webhook: could not record its token");

@@ -165,7 +165,11 @@ pub fn bare_id(id: &str) -> &str {
 fn accepted(reply: &Reply) -> Accepted {
     let id = reply
         .json()
-        .and_then(|j| j.get("id").and_then(Value::as_str).map(|s| bare_id(s).to_string()))
+        .and_then(|j| {
+            j.get("id")
+                .and_then(Value::as_str)
+                .map(|s| bare_id(s).to_string())
+        })
         .filter(|s| !s.is_empty());
     Accepted {
         provider_message_id: id,
@@ -216,17 +220,33 @@ mod tests {
 
     #[test]
     fn errors_are_classified_as_mailgun_sends_them() {
-        let e = error(&reply(400, &[], r#"{"message":"'from' parameter is not a valid address. please check documentation"}"#));
+        let e = error(&reply(
+            400,
+            &[],
+            r#"{"message":"'from' parameter is not a valid address. please check documentation"}"#,
+        ));
         assert!(!e.is_retriable());
         assert!(e.message.starts_with("'from' parameter"));
         let e = error(&reply(401, &[], "Forbidden"));
         assert!(!e.is_retriable());
         assert_eq!(e.message, "Forbidden");
-        let e = error(&reply(403, &[], r#"{"message":"Domain mg.realty.test is not allowed to send: Free accounts are for test purposes only."}"#));
+        let e = error(&reply(
+            403,
+            &[],
+            r#"{"message":"Domain mg.realty.test is not allowed to send: Free accounts are for test purposes only."}"#,
+        ));
         assert!(!e.is_retriable());
-        let e = error(&reply(404, &[], r#"{"message":"Domain not found: mg.realty.test"}"#));
+        let e = error(&reply(
+            404,
+            &[],
+            r#"{"message":"Domain not found: mg.realty.test"}"#,
+        ));
         assert!(!e.is_retriable());
-        let e = error(&reply(429, &[("retry-after", "3")], r#"{"message":"Too many requests"}"#));
+        let e = error(&reply(
+            429,
+            &[("retry-after", "3")],
+            r#"{"message":"Too many requests"}"#,
+        ));
         assert!(e.is_retriable() && !e.maybe_sent);
         assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(3)));
         let e = error(&reply(500, &[], "Internal Server Error"));

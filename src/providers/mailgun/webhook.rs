@@ -39,7 +39,8 @@ fn mac(key: &str, timestamp: &str, token: &str) -> Result<Hmac<Sha256>, Invalid>
     if key.trim().is_empty() {
         return Err(Invalid::Key);
     }
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.trim().as_bytes()).map_err(|_| Invalid::Key)?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.trim().as_bytes()).map_err(|_| Invalid::Key)?;
     mac.update(timestamp.as_bytes());
     mac.update(token.as_bytes());
     Ok(mac)
@@ -185,7 +186,10 @@ mod tests {
             Err(Invalid::Signature)
         );
         assert_eq!(verify(KEY, b"not json", now), Err(Invalid::Body));
-        assert_eq!(verify("", &body(&ts, token, &sig, event.clone()), now), Err(Invalid::Key));
+        assert_eq!(
+            verify("", &body(&ts, token, &sig, event.clone()), now),
+            Err(Invalid::Key)
+        );
         let later = now + chrono::Duration::seconds(TOLERANCE_SECS + 1);
         assert_eq!(
             verify(KEY, &body(&ts, token, &sig, event.clone()), later),
@@ -212,7 +216,10 @@ mod tests {
             }
             parse(&e).map(|n| (n.event, n.opt_out))
         };
-        assert_eq!(one(json!({"event": "delivered"})), Some(("delivered", None)));
+        assert_eq!(
+            one(json!({"event": "delivered"})),
+            Some(("delivered", None))
+        );
         assert_eq!(
             one(json!({"event": "failed", "severity": "permanent", "reason": "bounce"})),
             Some(("bounced", Some("hard_bounce")))
@@ -222,14 +229,19 @@ mod tests {
             Some(("delivery_delayed", None))
         );
         assert_eq!(
-            one(json!({"event": "failed", "severity": "permanent", "reason": "suppress-complaint"})),
+            one(
+                json!({"event": "failed", "severity": "permanent", "reason": "suppress-complaint"})
+            ),
             Some(("failed", Some("complaint")))
         );
         assert_eq!(
             one(json!({"event": "failed", "severity": "permanent", "reason": "old"})),
             Some(("failed", None))
         );
-        assert_eq!(one(json!({"event": "complained"})), Some(("complained", Some("complaint"))));
+        assert_eq!(
+            one(json!({"event": "complained"})),
+            Some(("complained", Some("complaint")))
+        );
         assert_eq!(
             one(json!({"event": "unsubscribed"})),
             Some(("unsubscribed", Some("unsubscribe")))
