@@ -64,6 +64,10 @@ pub fn router(state: HttpState) -> Router {
             "/webhooks/mailgun/{owner}",
             post(crate::webhooks::mailgun::mailgun_webhook),
         )
+        .route(
+            "/webhooks/postmark/{owner}",
+            post(crate::webhooks::postmark::postmark_webhook),
+        )
         .with_state(state)
 }
 

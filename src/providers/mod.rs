@@ -14,6 +14,7 @@ mod email;
 mod error;
 mod http;
 pub mod mailgun;
+pub mod postmark;
 mod resend;
 pub mod sendgrid;
 mod settings;
@@ -104,6 +105,7 @@ impl Registry {
             Arc::new(resend::Resend::new(http.clone(), &urls.resend)),
             Arc::new(sendgrid::SendGrid::new(http.clone(), &urls.sendgrid)),
             Arc::new(mailgun::Mailgun::new(http.clone(), &urls.mailgun)),
+            Arc::new(postmark::Postmark::new(http.clone(), &urls.postmark)),
         ];
         Self {
             providers: all.into_iter().map(|p| (p.name(), p)).collect(),

@@ -7,11 +7,13 @@
 //! each provider; this module finds the secret, turns what was said into an
 //! [`inbox::ProviderEvent`] and hands it to the inbox, which stores it before
 //! we answer and applies it scoped to the account it came in on.
-//! Built so far: Twilio (status callbacks, STOP / START replies) and Resend
-//! (delivery, bounces, complaints, opens, clicks). Secrets are never logged.
+//! Built so far: Twilio (status callbacks, STOP / START replies), Resend,
+//! SendGrid, Mailgun and Postmark (delivery, bounces, complaints, opens,
+//! clicks; one file each here, verification and parsing beside the adapter). Secrets are never logged.
 
 pub mod inbox;
 pub mod mailgun;
+pub mod postmark;
 pub mod resend;
 pub mod sendgrid;
 pub mod twilio;
