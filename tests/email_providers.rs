@@ -654,3 +654,161 @@ async fn mailgun_webhooks_are_verified_and_stale_or_replayed_tokens_are_refused(
     );
     assert_eq!(count(&env, "SELECT count(*) FROM webhook_inbox").await, 2);
 }
+
+// ---------------------------------------------------------------------------
+// Postmark
+
+const PM_TOKEN: &str = "b7d5a1e2-0c39-4f4e-9e0a-3c2f1d5e6a7b";
+const PM_PASSWORD: &str = "hook-password-0123456789";
+
+async fn connect_postmark(env: &Env, agent: &str) -> uuid::Uuid {
+    env.connect_integration(
+        agent,
+        "email",
+        "postmark",
+        json!({"server_token": PM_TOKEN, "from_email": "jane@realty.test", "from_name": "Jane Realty",
+               "webhook_password": PM_PASSWORD}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn postmark_gets_its_exact_request_and_an_inactive_recipient_is_opted_out() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/email"))
+        .and(header("x-postmark-server-token", PM_TOKEN))
+        .and(header("content-type", "application/json"))
+        .and(wiremock::matchers::body_partial_json(
+            json!({"To": "gone@example.com"}),
+        ))
+        .respond_with(ResponseTemplate::new(422).set_body_json(json!({
+            "ErrorCode": 406,
+            "Message": "You tried to send to recipient(s) that have been marked as inactive."
+        })))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/email"))
+        .and(header("x-postmark-server-token", PM_TOKEN))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "To": "buyer@example.com", "SubmittedAt": "2026-11-25T10:15:00.0000000-05:00",
+            "MessageID": "b7bc2f4a-e38e-4336-af7d-e6c392c2f817", "ErrorCode": 0, "Message": "OK"
+        })))
+        .mount(&server)
+        .await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_POSTMARK_BASE_URL", server.uri());
+    connect_postmark(&env, "agent-pm").await;
+    let worker = env.start_worker();
+    let mut job = email_job("agent-pm", "buyer@example.com");
+    job["reply_to"] = "office@realty.test".into();
+    job["campaign_id"] = "spring".into();
+    let row = outcome(&env, &job).await;
+    assert_eq!(row.status, "sent");
+    assert_eq!(
+        row.provider_message_id.as_deref(),
+        Some("b7bc2f4a-e38e-4336-af7d-e6c392c2f817")
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(&server.received_requests().await.unwrap()[0].body).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "From": "\"Jane Realty\" <jane@realty.test>", "To": "buyer@example.com",
+            "Subject": "New listing near you", "HtmlBody": "<p>3 bed, 2 bath</p>",
+            "TextBody": "3 bed, 2 bath", "ReplyTo": "office@realty.test", "Tag": "spring",
+            "Metadata": {"listing": "L-77", "switchboard_job_id": job_id(&job).to_string()},
+            "MessageStream": "outbound"
+        })
+    );
+
+    // 406: the address cannot receive; failed once, and later jobs to it
+    // are suppressed without a call.
+    let gone = email_job("agent-pm", "gone@example.com");
+    let row = outcome(&env, &gone).await;
+    assert_eq!(row.status, "failed");
+    assert_eq!(row.attempts, 1);
+    assert_eq!(
+        opt_out_reason(&env, "agent-pm", "gone@example.com")
+            .await
+            .as_deref(),
+        Some("provider_rejected")
+    );
+    let again = email_job("agent-pm", "gone@example.com");
+    let row = outcome(&env, &again).await;
+    worker.stop().await;
+    assert_eq!(row.status, "suppressed");
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn postmark_webhooks_need_the_password_and_a_hard_bounce_opts_out() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/email"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "To": "buyer@example.com", "SubmittedAt": "2026-11-25T10:15:00Z",
+            "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483", "ErrorCode": 0, "Message": "OK"
+        })))
+        .mount(&server)
+        .await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_POSTMARK_BASE_URL", server.uri());
+    let integration = connect_postmark(&env, "agent-pm").await;
+    let worker = env.start_worker();
+    let hooks = Hooks::start(&env, &worker).await;
+    let job = email_job("agent-pm", "buyer@example.com");
+    assert_eq!(outcome(&env, &job).await.status, "sent");
+    let path = format!("/webhooks/postmark/{integration}");
+    let m = "883953f4-6105-42a2-a16a-77a8eac79483";
+    let delivered = json!({"RecordType": "Delivery", "MessageID": m, "Recipient": "buyer@example.com",
+        "DeliveredAt": "2026-11-25T10:15:02Z", "MessageStream": "outbound",
+        "Metadata": {"switchboard_job_id": job_id(&job).to_string()}});
+    let bounced = json!({"RecordType": "Bounce", "ID": 4323372036854775807u64, "Type": "HardBounce",
+        "TypeCode": 1, "MessageID": m, "Email": "buyer@example.com",
+        "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found)."});
+    let auth = |p: &str| vec![("authorization", basic_auth("postmark", p))];
+    let bytes = |v: &serde_json::Value| v.to_string().into_bytes();
+
+    assert_eq!(hooks.post(&path, &[], bytes(&delivered)).await, 401);
+    assert_eq!(
+        hooks
+            .post(&path, &auth("wrong-password"), bytes(&delivered))
+            .await,
+        401
+    );
+    assert_eq!(count(&env, "SELECT count(*) FROM webhook_inbox").await, 0);
+    assert_eq!(
+        hooks
+            .post(&path, &auth(PM_PASSWORD), bytes(&delivered))
+            .await,
+        200
+    );
+    env.wait_for_status(job_id(&job), "delivered").await;
+    // The same event again is stored once.
+    assert_eq!(
+        hooks
+            .post(&path, &auth(PM_PASSWORD), bytes(&delivered))
+            .await,
+        200
+    );
+    assert_eq!(
+        hooks.post(&path, &auth(PM_PASSWORD), bytes(&bounced)).await,
+        200
+    );
+    env.wait_for_status(job_id(&job), "bounced").await;
+    hooks.stop(worker).await;
+    assert_eq!(
+        opt_out_reason(&env, "agent-pm", "buyer@example.com")
+            .await
+            .as_deref(),
+        Some("hard_bounce")
+    );
+    assert_eq!(count(&env, "SELECT count(*) FROM webhook_inbox").await, 2);
+    assert_eq!(
+        env.events(job_id(&job)).await,
+        vec!["queued", "sent", "delivered", "bounced"]
+    );
+}

@@ -32,7 +32,13 @@ pub async fn postmark_webhook(
         tracing::warn!(%owner, "Postmark webhook without the integration's basic-auth password");
         return (
             [(header::WWW_AUTHENTICATE, "Basic realm=\"switchboard\"")],
-            refuse(&state, NAME, StatusCode::UNAUTHORIZED, "bad_signature", "unauthorized"),
+            refuse(
+                &state,
+                NAME,
+                StatusCode::UNAUTHORIZED,
+                "bad_signature",
+                "unauthorized",
+            ),
         )
             .into_response();
     }
@@ -69,7 +75,13 @@ pub async fn postmark_webhook(
         Ok(Accepted::Duplicate) => count(&state, NAME, "duplicate"),
         Err(e) => {
             tracing::warn!(error = %e, "Postmark webhook: could not store it; asking Postmark to retry");
-            return refuse(&state, NAME, StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again");
+            return refuse(
+                &state,
+                NAME,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "try again",
+            );
         }
     }
     StatusCode::OK.into_response()

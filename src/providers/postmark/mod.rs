@@ -17,9 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::email::Mailbox;
 use super::http::{Reply, execute};
-use super::{
-    Accepted, ErrorKind, Provider, ProviderError, SendRequest, SettingSpec,
-};
+use super::{Accepted, ErrorKind, Provider, ProviderError, SendRequest, SettingSpec};
 use crate::domain::{Channel, EmailAddress, metadata_pairs};
 
 pub const NAME: &str = "postmark";
@@ -80,7 +78,10 @@ pub fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
         b.insert("ReplyTo".into(), reply_to.into());
     }
     if let Some(c) = job.campaign.campaign_id.as_ref().filter(|c| !c.is_empty()) {
-        b.insert("Tag".into(), c.chars().take(MAX_TAG_CHARS).collect::<String>().into());
+        b.insert(
+            "Tag".into(),
+            c.chars().take(MAX_TAG_CHARS).collect::<String>().into(),
+        );
     }
     let mut metadata = Map::new();
     for (k, v) in metadata_pairs(&job.metadata) {
@@ -196,21 +197,42 @@ mod tests {
 
     #[test]
     fn error_codes_are_classified_as_postmark_sends_them() {
-        let e = error(&reply(422, r#"{"ErrorCode":406,"Message":"You tried to send to recipient(s) that have been marked as inactive. Found inactive addresses: buyer@example.com. Inactive recipients are ones that have generated a hard bounce, a spam complaint, or a manual suppression."}"#));
+        let e = error(&reply(
+            422,
+            r#"{"ErrorCode":406,"Message":"You tried to send to recipient(s) that have been marked as inactive. Found inactive addresses: buyer@example.com. Inactive recipients are ones that have generated a hard bounce, a spam complaint, or a manual suppression."}"#,
+        ));
         assert!(!e.is_retriable() && e.recipient_opted_out);
         assert_eq!(e.code.as_deref(), Some("406"));
-        let e = error(&reply(422, r#"{"ErrorCode":300,"Message":"Invalid 'To' address: 'nobody'."}"#));
+        let e = error(&reply(
+            422,
+            r#"{"ErrorCode":300,"Message":"Invalid 'To' address: 'nobody'."}"#,
+        ));
         assert!(!e.is_retriable() && !e.recipient_opted_out);
-        let e = error(&reply(422, r#"{"ErrorCode":429,"Message":"Rate limit exceeded."}"#));
+        let e = error(&reply(
+            422,
+            r#"{"ErrorCode":429,"Message":"Rate limit exceeded."}"#,
+        ));
         assert!(e.is_retriable() && !e.maybe_sent);
-        let e = error(&reply(429, r#"{"ErrorCode":429,"Message":"Rate limit exceeded."}"#));
+        let e = error(&reply(
+            429,
+            r#"{"ErrorCode":429,"Message":"Rate limit exceeded."}"#,
+        ));
         assert!(e.is_retriable() && !e.maybe_sent);
-        let e = error(&reply(401, r#"{"ErrorCode":10,"Message":"No Account or Server API tokens were supplied in the HTTP headers."}"#));
+        let e = error(&reply(
+            401,
+            r#"{"ErrorCode":10,"Message":"No Account or Server API tokens were supplied in the HTTP headers."}"#,
+        ));
         assert!(!e.is_retriable());
-        let e = error(&reply(500, r#"{"ErrorCode":500,"Message":"Internal server error"}"#));
+        let e = error(&reply(
+            500,
+            r#"{"ErrorCode":500,"Message":"Internal server error"}"#,
+        ));
         assert!(e.is_retriable() && e.maybe_sent);
         // A 200 carrying an error code is a refusal.
-        let e = error(&reply(200, r#"{"ErrorCode":300,"Message":"Invalid email request"}"#));
+        let e = error(&reply(
+            200,
+            r#"{"ErrorCode":300,"Message":"Invalid email request"}"#,
+        ));
         assert_eq!(e.status, Some(422));
         assert!(!e.is_retriable());
     }

@@ -28,7 +28,10 @@ pub fn authorized(password: &str, authorization: &str) -> bool {
     };
     // Equal-length digests compared without an early exit.
     let (a, b) = (Sha256::digest(given), Sha256::digest(password.as_bytes()));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +56,12 @@ pub fn parse(body: &[u8]) -> Option<Notice> {
         _ => None,
     };
     let (event, opt_out, unique, recipient) = match record {
-        "Delivery" => ("delivered", None, text("DeliveredAt").map(str::to_string), text("Recipient")),
+        "Delivery" => (
+            "delivered",
+            None,
+            text("DeliveredAt").map(str::to_string),
+            text("Recipient"),
+        ),
         "Bounce" => {
             let hard = text("Type") == Some("HardBounce");
             (
@@ -64,8 +72,18 @@ pub fn parse(body: &[u8]) -> Option<Notice> {
             )
         }
         "SpamComplaint" => ("complained", Some("complaint"), id("ID"), text("Email")),
-        "Open" => ("opened", None, text("ReceivedAt").map(str::to_string), text("Recipient")),
-        "Click" => ("clicked", None, text("ReceivedAt").map(str::to_string), text("Recipient")),
+        "Open" => (
+            "opened",
+            None,
+            text("ReceivedAt").map(str::to_string),
+            text("Recipient"),
+        ),
+        "Click" => (
+            "clicked",
+            None,
+            text("ReceivedAt").map(str::to_string),
+            text("Recipient"),
+        ),
         "SubscriptionChange" if v.get("SuppressSending") == Some(&Value::Bool(true)) => (
             "unsubscribed",
             Some(match text("SuppressionReason") {
@@ -89,7 +107,13 @@ pub fn parse(body: &[u8]) -> Option<Notice> {
         .to_string()
     });
     let mut detail = json!({"record_type": record});
-    for key in ["Type", "TypeCode", "Description", "OriginalLink", "SuppressionReason"] {
+    for key in [
+        "Type",
+        "TypeCode",
+        "Description",
+        "OriginalLink",
+        "SuppressionReason",
+    ] {
         if let Some(x) = v.get(key) {
             detail[key] = x.clone();
         }
@@ -111,7 +135,8 @@ mod tests {
 
     #[test]
     fn only_the_configured_password_is_authorized() {
-        let auth = |user: &str, pass: &str| format!("Basic {}", BASE64.encode(format!("{user}:{pass}")));
+        let auth =
+            |user: &str, pass: &str| format!("Basic {}", BASE64.encode(format!("{user}:{pass}")));
         assert!(authorized("s3cret-pw", &auth("postmark", "s3cret-pw")));
         assert!(authorized("s3cret-pw", &auth("", "s3cret-pw")));
         assert!(!authorized("s3cret-pw", &auth("postmark", "s3cret-px")));
@@ -125,11 +150,15 @@ mod tests {
         let one = |v: Value| parse(v.to_string().as_bytes()).map(|n| (n.event, n.opt_out));
         let m = "883953f4-6105-42a2-a16a-77a8eac79483";
         assert_eq!(
-            one(json!({"RecordType": "Delivery", "MessageID": m, "DeliveredAt": "2026-11-25T10:00:00Z"})),
+            one(
+                json!({"RecordType": "Delivery", "MessageID": m, "DeliveredAt": "2026-11-25T10:00:00Z"})
+            ),
             Some(("delivered", None))
         );
         assert_eq!(
-            one(json!({"RecordType": "Bounce", "ID": 4323372036854775807u64, "Type": "HardBounce", "MessageID": m, "Email": "a@b.co"})),
+            one(
+                json!({"RecordType": "Bounce", "ID": 4323372036854775807u64, "Type": "HardBounce", "MessageID": m, "Email": "a@b.co"})
+            ),
             Some(("bounced", Some("hard_bounce")))
         );
         assert_eq!(
@@ -140,14 +169,24 @@ mod tests {
             one(json!({"RecordType": "SpamComplaint", "ID": 2, "MessageID": m})),
             Some(("complained", Some("complaint")))
         );
-        assert_eq!(one(json!({"RecordType": "Open", "MessageID": m})), Some(("opened", None)));
-        assert_eq!(one(json!({"RecordType": "Click", "MessageID": m})), Some(("clicked", None)));
         assert_eq!(
-            one(json!({"RecordType": "SubscriptionChange", "MessageID": m, "SuppressSending": true, "SuppressionReason": "ManualSuppression"})),
+            one(json!({"RecordType": "Open", "MessageID": m})),
+            Some(("opened", None))
+        );
+        assert_eq!(
+            one(json!({"RecordType": "Click", "MessageID": m})),
+            Some(("clicked", None))
+        );
+        assert_eq!(
+            one(
+                json!({"RecordType": "SubscriptionChange", "MessageID": m, "SuppressSending": true, "SuppressionReason": "ManualSuppression"})
+            ),
             Some(("unsubscribed", Some("unsubscribe")))
         );
         assert_eq!(
-            one(json!({"RecordType": "SubscriptionChange", "MessageID": m, "SuppressSending": false})),
+            one(
+                json!({"RecordType": "SubscriptionChange", "MessageID": m, "SuppressSending": false})
+            ),
             None
         );
         assert_eq!(one(json!({"RecordType": "Delivery"})), None);
