@@ -56,6 +56,29 @@ impl Mailbox {
     }
 }
 
+/// `region`, when given, is `us` or `eu` (SendGrid, Mailgun).
+pub fn check_region(provider: &str, s: &ProviderSettings) -> Result<(), String> {
+    match s.get("region").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("us" | "eu") => Ok(()),
+        Some(_) => Err(format!("{provider} `region` must be `us` or `eu`")),
+    }
+}
+
+/// The API root for an integration: `eu` for `region: "eu"`, unless the
+/// configured base URL is not the provider's default `us` one (a proxy or
+/// a test mock), which then serves every region.
+pub fn regional_base<'a>(
+    configured: &'a str,
+    us: &str,
+    eu: &'static str,
+    s: &ProviderSettings,
+) -> &'a str {
+    match s.get("region") {
+        Some(r) if r.eq_ignore_ascii_case("eu") && configured == us => eu,
+        _ => configured,
+    }
+}
+
 /// A display name without control characters, angle brackets or the quotes
 /// a hand-written `EMAIL_FROM` may put around it.
 fn clean_name(raw: &str) -> String {

@@ -9,9 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::inbox::{self, Accepted, Delivery, EmailOptOut, ProviderEvent};
-use super::{account_secret, count, refuse};
-use crate::domain::EmailAddress;
+use super::inbox::Delivery;
+use super::{account_secret, count, email_status, refuse, store};
 use crate::http::HttpState;
 use crate::providers::mailgun::{NAME, webhook};
 use crate::store::webhook_tokens;
@@ -80,45 +79,29 @@ pub async fn mailgun_webhook(
         count(&state, NAME, "ignored");
         return StatusCode::OK.into_response();
     };
-    let event_id = notice.event_id.clone();
+    let n = notice;
+    let event = email_status(
+        NAME,
+        n.message_id,
+        n.event,
+        n.recipient.as_deref(),
+        n.opt_out,
+        n.error,
+        n.detail,
+    );
     let delivery = Delivery {
         provider: NAME,
         account: account.account,
         agent_id: account.agent_id.as_deref(),
-        delivery_id: &event_id,
-        event: event(notice),
+        delivery_id: &n.event_id,
+        event,
     };
-    match inbox::accept(&state.pool, delivery).await {
-        Ok(Accepted::Stored) => count(&state, NAME, "accepted"),
-        Ok(Accepted::Duplicate) => count(&state, NAME, "duplicate"),
-        Err(e) => {
-            tracing::warn!(error = %e, "Mailgun webhook: could not store it; asking Mailgun to retry");
-            // Its retry may carry the same token: do not refuse it as a replay.
-            if let Err(e) = webhook_tokens::release(&client, NAME, &verified.token).await {
-                tracing::warn!(error = %e, "Mailgun webhook: could not release its token");
-            }
-            return unavailable(&state);
+    if let Err(response) = store(&state, delivery).await {
+        // Its retry may carry the same token: do not refuse it as a replay.
+        if let Err(e) = webhook_tokens::release(&client, NAME, &verified.token).await {
+            tracing::warn!(error = %e, "Mailgun webhook: could not release its token");
         }
+        return response;
     }
     StatusCode::OK.into_response()
-}
-
-fn event(notice: webhook::Notice) -> ProviderEvent {
-    let opt_out = notice.opt_out.map(|reason| EmailOptOut {
-        reason: reason.to_string(),
-        addresses: notice
-            .recipient
-            .as_deref()
-            .and_then(|e| EmailAddress::parse(e).ok())
-            .into_iter()
-            .collect(),
-        source: "mailgun:webhook".into(),
-    });
-    ProviderEvent::Status {
-        provider_message_id: notice.message_id,
-        event: notice.event.to_string(),
-        error: notice.error,
-        detail: notice.detail,
-        opt_out,
-    }
 }

@@ -172,6 +172,55 @@ async fn accept(state: &HttpState, delivery: Delivery<'_>, ok: Response) -> Resp
     }
 }
 
+/// Stores one verified event, counting what became of it. `Err` is the
+/// answer to give: 503, so that the provider brings it again.
+async fn store(state: &HttpState, delivery: Delivery<'_>) -> Result<(), Response> {
+    let provider = delivery.provider;
+    match inbox::accept(&state.pool, delivery).await {
+        Ok(Accepted::Stored) => count(state, provider, "accepted"),
+        Ok(Accepted::Duplicate) => count(state, provider, "duplicate"),
+        Err(e) => {
+            tracing::warn!(error = %e, provider, "webhook: could not store an event; asking the provider to retry");
+            return Err(refuse(
+                state,
+                provider,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "try again",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An email provider's report as the inbox stores it; `opt_out` applies to
+/// `recipient` when it is a valid address.
+fn email_status(
+    provider: &str,
+    message_id: String,
+    event: &str,
+    recipient: Option<&str>,
+    opt_out: Option<&str>,
+    error: Option<String>,
+    detail: serde_json::Value,
+) -> ProviderEvent {
+    let opt_out = opt_out.map(|reason| EmailOptOut {
+        reason: reason.to_string(),
+        addresses: recipient
+            .and_then(|e| EmailAddress::parse(e).ok())
+            .into_iter()
+            .collect(),
+        source: format!("{provider}:webhook"),
+    });
+    ProviderEvent::Status {
+        provider_message_id: message_id,
+        event: event.to_string(),
+        error,
+        detail,
+        opt_out,
+    }
+}
+
 /// `POST /webhooks/twilio/{integration_id|platform}`
 pub async fn twilio_webhook(
     State(state): State<HttpState>,

@@ -8,9 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::inbox::{self, Accepted, Delivery, EmailOptOut, ProviderEvent};
-use super::{account_secret, count, refuse};
-use crate::domain::EmailAddress;
+use super::inbox::Delivery;
+use super::{account_secret, count, email_status, refuse, store};
 use crate::http::HttpState;
 use crate::providers::postmark::{NAME, webhook};
 
@@ -46,43 +45,25 @@ pub async fn postmark_webhook(
         count(&state, NAME, "ignored");
         return StatusCode::OK.into_response();
     };
-    let delivery_id = notice.delivery_id.clone();
-    let opt_out = notice.opt_out.map(|reason| EmailOptOut {
-        reason: reason.to_string(),
-        addresses: notice
-            .recipient
-            .as_deref()
-            .and_then(|e| EmailAddress::parse(e).ok())
-            .into_iter()
-            .collect(),
-        source: "postmark:webhook".into(),
-    });
+    let n = notice;
+    let event = email_status(
+        NAME,
+        n.message_id,
+        n.event,
+        n.recipient.as_deref(),
+        n.opt_out,
+        n.error,
+        n.detail,
+    );
     let delivery = Delivery {
         provider: NAME,
         account: account.account,
         agent_id: account.agent_id.as_deref(),
-        delivery_id: &delivery_id,
-        event: ProviderEvent::Status {
-            provider_message_id: notice.message_id,
-            event: notice.event.to_string(),
-            error: notice.error,
-            detail: notice.detail,
-            opt_out,
-        },
+        delivery_id: &n.delivery_id,
+        event,
     };
-    match inbox::accept(&state.pool, delivery).await {
-        Ok(Accepted::Stored) => count(&state, NAME, "accepted"),
-        Ok(Accepted::Duplicate) => count(&state, NAME, "duplicate"),
-        Err(e) => {
-            tracing::warn!(error = %e, "Postmark webhook: could not store it; asking Postmark to retry");
-            return refuse(
-                &state,
-                NAME,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "try again",
-            );
-        }
+    if let Err(response) = store(&state, delivery).await {
+        return response;
     }
     StatusCode::OK.into_response()
 }

@@ -9,9 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
 
-use super::inbox::{self, Accepted, Delivery, EmailOptOut, ProviderEvent};
-use super::{account_secret, count, refuse};
-use crate::domain::EmailAddress;
+use super::inbox::Delivery;
+use super::{account_secret, count, email_status, refuse, store};
 use crate::http::HttpState;
 use crate::providers::sendgrid::{NAME, webhook};
 
@@ -74,49 +73,26 @@ pub async fn sendgrid_webhook(
     // its `sg_event_id`; if any cannot be stored the whole request is
     // refused, and SendGrid's retry brings the stored ones again as
     // duplicates, which the inbox drops.
-    for notice in notices {
-        let event_id = notice.event_id.clone();
+    for n in notices {
+        let event = email_status(
+            NAME,
+            n.message_id,
+            n.event,
+            n.email.as_deref(),
+            n.opt_out,
+            n.error,
+            n.detail,
+        );
         let delivery = Delivery {
             provider: NAME,
             account: account.account,
             agent_id: account.agent_id.as_deref(),
-            delivery_id: &event_id,
-            event: event(notice),
+            delivery_id: &n.event_id,
+            event,
         };
-        match inbox::accept(&state.pool, delivery).await {
-            Ok(Accepted::Stored) => count(&state, NAME, "accepted"),
-            Ok(Accepted::Duplicate) => count(&state, NAME, "duplicate"),
-            Err(e) => {
-                tracing::warn!(error = %e, "SendGrid webhook: could not store an event; asking SendGrid to retry");
-                return refuse(
-                    &state,
-                    NAME,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "try again",
-                );
-            }
+        if let Err(response) = store(&state, delivery).await {
+            return response;
         }
     }
     StatusCode::OK.into_response()
-}
-
-fn event(notice: webhook::Notice) -> ProviderEvent {
-    let opt_out = notice.opt_out.map(|reason| EmailOptOut {
-        reason: reason.to_string(),
-        addresses: notice
-            .email
-            .as_deref()
-            .and_then(|e| EmailAddress::parse(e).ok())
-            .into_iter()
-            .collect(),
-        source: "sendgrid:webhook".into(),
-    });
-    ProviderEvent::Status {
-        provider_message_id: notice.message_id,
-        event: notice.event.to_string(),
-        error: notice.error,
-        detail: notice.detail,
-        opt_out,
-    }
 }

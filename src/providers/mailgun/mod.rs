@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use reqwest::multipart::Form;
 use serde_json::{Value, json};
 
-use super::email::Mailbox;
+use super::email::{Mailbox, check_region, regional_base};
 use super::http::{Reply, execute};
 use super::{Accepted, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec};
 use crate::domain::{Channel, EmailAddress, metadata_pairs};
@@ -51,10 +51,7 @@ impl Mailgun {
     /// As for SendGrid: the EU host for `region: "eu"` unless the base URL
     /// is overridden (a proxy or a test mock serves every region).
     fn base_for(&self, settings: &ProviderSettings) -> &str {
-        match settings.get("region") {
-            Some(r) if r.eq_ignore_ascii_case("eu") && self.base_url == US_BASE_URL => EU_BASE_URL,
-            _ => &self.base_url,
-        }
+        regional_base(&self.base_url, US_BASE_URL, EU_BASE_URL, settings)
     }
 }
 
@@ -122,11 +119,7 @@ impl Provider for Mailgun {
     }
 
     fn check_settings(&self, _channel: Channel, s: &ProviderSettings) -> Result<(), String> {
-        if let Some(region) = s.get("region")
-            && !matches!(region.to_ascii_lowercase().as_str(), "us" | "eu")
-        {
-            return Err("mailgun `region` must be `us` or `eu`".into());
-        }
+        check_region(NAME, s)?;
         let domain = s.get("domain").unwrap_or_default();
         if domain.contains(['/', '?', '#', ' ']) || !domain.contains('.') {
             return Err("mailgun `domain` must be a sending domain such as mg.example.com".into());

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use super::email::Mailbox;
+use super::email::{Mailbox, check_region, regional_base};
 use super::http::{MAX_RETRY_AFTER, Reply, execute};
 use super::{Accepted, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec};
 use crate::domain::{Channel, EmailAddress, metadata_pairs};
@@ -60,10 +60,7 @@ impl SendGrid {
     /// unless `SWITCHBOARD_SENDGRID_BASE_URL` points somewhere else (a proxy
     /// or a test mock), which then serves every region.
     fn base_for(&self, settings: &ProviderSettings) -> &str {
-        match settings.get("region") {
-            Some(r) if r.eq_ignore_ascii_case("eu") && self.base_url == US_BASE_URL => EU_BASE_URL,
-            _ => &self.base_url,
-        }
+        regional_base(&self.base_url, US_BASE_URL, EU_BASE_URL, settings)
     }
 }
 
@@ -147,11 +144,7 @@ impl Provider for SendGrid {
     }
 
     fn check_settings(&self, _channel: Channel, s: &ProviderSettings) -> Result<(), String> {
-        if let Some(region) = s.get("region")
-            && !matches!(region.to_ascii_lowercase().as_str(), "us" | "eu")
-        {
-            return Err("sendgrid `region` must be `us` or `eu`".into());
-        }
+        check_region(NAME, s)?;
         if let Some(key) = s.get("webhook_public_key") {
             webhook::public_key(key).map_err(|_| {
                 "sendgrid `webhook_public_key` is not the base64 P-256 verification key \
