@@ -16,6 +16,7 @@ pub mod provider_events;
 pub mod quotas;
 pub mod rate_slots;
 pub mod scheduled;
+pub mod webhook_tokens;
 
 use std::str::FromStr;
 use std::time::Duration;
