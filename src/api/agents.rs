@@ -16,10 +16,7 @@ pub async fn put(
     Path(agent): Path<String>,
     ApiJson(changes): ApiJson<AgentChanges>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let agent = agent_id(&agent)?;
-    let update = changes.validate().map_err(ApiError::invalid)?;
-    let client = state.pool.get().await?;
-    Ok(Json(store::agents::update(&client, agent, &update).await?))
+    apply(&state, &agent, changes, false).await
 }
 
 /// `PATCH`: like `PUT`, for an agent that exists (404 otherwise), so a
@@ -29,10 +26,19 @@ pub async fn patch(
     Path(agent): Path<String>,
     ApiJson(changes): ApiJson<AgentChanges>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let agent = agent_id(&agent)?;
+    apply(&state, &agent, changes, true).await
+}
+
+async fn apply(
+    state: &ApiState,
+    agent: &str,
+    changes: AgentChanges,
+    must_exist: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let agent = agent_id(agent)?;
     let update = changes.validate().map_err(ApiError::invalid)?;
     let client = state.pool.get().await?;
-    if store::agents::get(&client, agent).await?.is_none() {
+    if must_exist && store::agents::get(&client, agent).await?.is_none() {
         return Err(not_found(agent));
     }
     Ok(Json(store::agents::update(&client, agent, &update).await?))
