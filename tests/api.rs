@@ -752,3 +752,23 @@ async fn an_agent_is_created_updated_and_read() {
     assert_eq!(status, 404);
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_request_is_closed_by_the_server() {
+    use tokio::io::AsyncReadExt;
+    let env = env_with_token().await;
+    let api = Api::start(&env).await;
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Only that it is closed is asserted (the server's header timeout);
+    // the generous bound just keeps a broken server from hanging the test.
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(120), idle.read(&mut buf))
+        .await
+        .expect("the server closes an idle connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The server still answers others.
+    let (status, _) = api.get("/v1/agents/nobody").await;
+    assert_eq!(status, 404);
+    api.stop().await;
+}
