@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{
-    ApiError, ApiJson, ApiQuery, ApiState, MAX_BATCH, agent_id, channel_in_input, page_size,
+    ApiError, ApiJson, ApiQuery, ApiState, MAX_BATCH, agent_id, channel_in_input, next_cursor,
+    page_size,
 };
 use crate::amqp::OutgoingJob;
 use crate::domain::SendJob;
@@ -236,9 +237,7 @@ pub async fn list(
     };
     let client = state.pool.get().await?;
     let rows = messages::page_for_agent(&client, agent, &filter, after, limit).await?;
-    let next_cursor = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(encode_cursor))
-        .flatten();
+    let next_cursor = next_cursor(&rows, limit, encode_cursor);
     let shown: Vec<Value> = rows.iter().map(message_json).collect();
     Ok(Json(json!({
         "messages": shown,

@@ -346,3 +346,12 @@ pub fn channel_in_input(raw: &str) -> Result<Channel, ApiError> {
 pub fn page_size(limit: Option<i64>) -> i64 {
     limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
 }
+
+/// The cursor of the page after `rows`: `None` on a short (last) page.
+pub fn next_cursor<T, C>(rows: &[T], limit: i64, cursor: impl Fn(&T) -> C) -> Option<C> {
+    if rows.len() as i64 == limit {
+        rows.last().map(cursor)
+    } else {
+        None
+    }
+}

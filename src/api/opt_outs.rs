@@ -11,7 +11,9 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, ApiJson, ApiQuery, ApiState, agent_id, channel_in_input, page_size};
+use super::{
+    ApiError, ApiJson, ApiQuery, ApiState, agent_id, channel_in_input, next_cursor, page_size,
+};
 use crate::domain::{Channel, Recipient};
 use crate::store::opt_outs::{self, OptOutFilter};
 
@@ -59,9 +61,7 @@ pub async fn list(
     };
     let client = state.pool.get().await?;
     let rows = opt_outs::page(&client, agent, &filter, q.cursor, limit).await?;
-    let next_cursor = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.id))
-        .flatten();
+    let next_cursor = next_cursor(&rows, limit, |r| r.id);
     Ok(Json(json!({"opt_outs": rows, "next_cursor": next_cursor})))
 }
 
