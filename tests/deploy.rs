@@ -971,7 +971,7 @@ fn the_containerfile_builds_what_exists_and_runs_as_non_root() {
     let user = runtime
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .next_back()
         .expect("the runtime stage sets USER");
     assert!(
         !matches!(user.split(':').next().unwrap().trim(), "root" | "0"),
