@@ -16,3 +16,13 @@ CREATE TABLE rate_grants (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (key, job_id)
 );
+
+-- Open circuits, shared by every worker process: the process whose failures
+-- opened an account's circuit writes it here (and records `circuit_opened`,
+-- once for all); the others read it every second and stop calling the
+-- account too. Deleted by the probe that closes it.
+CREATE TABLE circuit_states (
+    key        text PRIMARY KEY,
+    open_until timestamptz NOT NULL,
+    opened_at  timestamptz NOT NULL DEFAULT now()
+);

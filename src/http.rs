@@ -56,6 +56,18 @@ pub fn router(state: HttpState) -> Router {
             "/webhooks/resend/{owner}",
             post(crate::webhooks::resend_webhook),
         )
+        .route(
+            "/webhooks/sendgrid/{owner}",
+            post(crate::webhooks::sendgrid::sendgrid_webhook),
+        )
+        .route(
+            "/webhooks/mailgun/{owner}",
+            post(crate::webhooks::mailgun::mailgun_webhook),
+        )
+        .route(
+            "/webhooks/postmark/{owner}",
+            post(crate::webhooks::postmark::postmark_webhook),
+        )
         .with_state(state)
 }
 

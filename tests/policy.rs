@@ -327,14 +327,19 @@ async fn a_day_quota_defers_the_rest_to_the_next_day_and_is_counted_in_postgres(
     let clock = Arc::new(ManualClock::new(at("2026-01-15T15:00:00Z")));
     sql(
         &env,
-        r#"INSERT INTO agents (id, limits) VALUES ('agent-q', '{"sms": {"per_day": 3}}')"#,
+        r#"INSERT INTO agents (id, limits, send_window_start, send_window_end)
+           VALUES ('agent-q', '{"sms": {"per_day": 3}}', '00:00', '23:59')"#,
     )
     .await;
     let worker = env.start_worker_with_clock(clock.clone());
     let publisher = env.publisher().await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let j = sms_job("agent-q", "+14155550123");
+        // An agent's own quotas pace its marketing (its window is open all
+        // day, so only the quota holds jobs); transactional messages are
+        // exempt (tests/quotas.rs).
+        let mut j = sms_job("agent-q", "+14155550123");
+        j["category"] = json!("marketing");
         ids.push(job_id(&j));
         publisher.publish(&j).await;
     }
@@ -702,15 +707,19 @@ async fn a_per_hour_limit_lets_its_full_count_through_between_00_and_01_utc() {
     let env = default_env(&server).await;
     sql(
         &env,
-        r#"INSERT INTO agents (id, limits)
-           VALUES ('agent-h', '{"sms": {"per_hour": 2, "per_day": 100}}')"#,
+        r#"INSERT INTO agents (id, limits, send_window_start, send_window_end)
+           VALUES ('agent-h', '{"sms": {"per_hour": 2, "per_day": 100}}', '00:00', '23:59')"#,
     )
     .await;
     let clock = Arc::new(ManualClock::new(at("2026-01-15T00:30:00Z")));
     let worker = env.start_worker_with_clock(clock.clone());
     let publisher = env.publisher().await;
     for _ in 0..3 {
-        publisher.publish(&sms_job("agent-h", "+14155550123")).await;
+        // Marketing, which the agent's own quotas pace; its window is open
+        // all day so that 00:30 UTC is not a quiet hour.
+        let mut j = sms_job("agent-h", "+14155550123");
+        j["category"] = json!("marketing");
+        publisher.publish(&j).await;
     }
     wait_until("all three sent or deferred", || async {
         (count_status(&env, "sent").await + count_status(&env, "deferred").await == 3).then_some(())

@@ -772,3 +772,60 @@ async fn three_workers_keep_an_agents_per_second_limit_exact() {
         "the unlimited agent finished before the limited one"
     );
 }
+
+/// Issue 11: with three worker processes on one queue, an account that is
+/// down has its circuit opened once for all (one `circuit_opened`), and
+/// every process defers its jobs instead of failing them.
+#[tokio::test]
+async fn three_workers_open_a_failing_accounts_circuit_once() {
+    const JOBS: usize = 30;
+    let server = MockServer::start().await;
+    twilio_create_message(SID, "platform-token")
+        .respond_with(ResponseTemplate::new(503).set_body_json(json!({
+            "code": 20503, "message": "Service Unavailable", "status": 503
+        })))
+        .mount(&server)
+        .await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_TWILIO_BASE_URL", server.uri())
+        .set("TWILIO_ACCOUNT_SID", SID)
+        .set("TWILIO_AUTH_TOKEN", "platform-token")
+        .set("TWILIO_PHONE_NUMBER", "+14155550000");
+    let workers: Vec<Running> = (0..3).map(|_| spawn(&["worker"], &env.vars)).collect();
+    let publisher = env.publisher().await;
+    for _ in 0..JOBS {
+        publisher
+            .publish(&sms_job("agent-down", "+14155550123"))
+            .await;
+    }
+    wait_until("every job to be deferred", || async {
+        (count(
+            &env,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'deferred'",
+        )
+        .await as usize
+            == JOBS)
+            .then_some(())
+    })
+    .await;
+    for mut w in workers {
+        assert!(terminate(&mut w).success());
+    }
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM outbound_events WHERE event = 'circuit_opened'"
+        )
+        .await,
+        1,
+        "opened once for all three processes"
+    );
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'failed'"
+        )
+        .await,
+        0
+    );
+}

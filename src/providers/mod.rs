@@ -7,11 +7,16 @@
 //! never retries, sleeps, logs secrets or touches the database: retry policy,
 //! metrics and recording belong to the worker.
 //!
-//! Adding a provider is one new file and one line in [`Registry::new`].
+//! Adding a provider is one new file (or folder, with its webhook parsing)
+//! and one line in [`Registry::new`].
 
+mod email;
 mod error;
 mod http;
+pub mod mailgun;
+pub mod postmark;
 mod resend;
+pub mod sendgrid;
 mod settings;
 mod simulation;
 mod twilio;
@@ -98,6 +103,9 @@ impl Registry {
             Arc::new(Simulation::default()),
             Arc::new(twilio::Twilio::new(http.clone(), &urls.twilio)),
             Arc::new(resend::Resend::new(http.clone(), &urls.resend)),
+            Arc::new(sendgrid::SendGrid::new(http.clone(), &urls.sendgrid)),
+            Arc::new(mailgun::Mailgun::new(http.clone(), &urls.mailgun)),
+            Arc::new(postmark::Postmark::new(http.clone(), &urls.postmark)),
         ];
         Self {
             providers: all.into_iter().map(|p| (p.name(), p)).collect(),

@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod batch;
+pub mod circuits;
 pub mod integrations;
 pub mod liveness;
 pub mod messages;
@@ -15,6 +16,7 @@ pub mod provider_events;
 pub mod quotas;
 pub mod rate_slots;
 pub mod scheduled;
+pub mod webhook_tokens;
 
 use std::str::FromStr;
 use std::time::Duration;

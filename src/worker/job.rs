@@ -31,6 +31,7 @@ use crate::policy::{self, AgentPolicy, Hold};
 use crate::providers::{Accepted, ProviderError, SendRequest};
 use crate::routing::{ResolvedRoute, RouteError};
 use crate::store::StoreError;
+use crate::store::circuits;
 use crate::store::messages::{self, Claim, EventRow};
 use crate::store::quotas::{self, Window};
 use crate::store::rate_slots;
@@ -416,7 +417,7 @@ async fn send_with_retries(
             let down = result.as_ref().err().is_some_and(looks_down);
             if let Some(t) = ctx.circuits.settle(key, call, down) {
                 opened_now = matches!(t, Transition::Opened { .. });
-                record_circuit(ctx, job, route, t, &signals.abandon).await?;
+                record_circuit(ctx, job, route, key, t, &signals.abandon).await?;
             }
         }
         let error = match result {
@@ -495,10 +496,43 @@ async fn record_circuit(
     ctx: &WorkerContext,
     job: &SendJob,
     route: &ResolvedRoute,
+    key: &str,
     transition: Transition,
     shutdown: &CancellationToken,
 ) -> Result<(), Stop> {
     let provider = route.provider.name();
+    // Shared with every worker process: the first to open (or close) the
+    // account's circuit records it; the others adopt what it wrote.
+    let now = ctx.clock.now();
+    let first = match transition {
+        Transition::Opened { until, .. } => {
+            let opened = with_db(ctx, shutdown, |c| async move {
+                circuits::open(&c, key, until, now).await
+            })
+            .await?;
+            if !opened {
+                let shared = with_db(ctx, shutdown, |c| async move {
+                    circuits::open_until(&c, key).await
+                })
+                .await?;
+                if let Some(shared) = shared {
+                    ctx.circuits.adopt(key, shared);
+                }
+            }
+            opened
+        }
+        Transition::Closed => {
+            with_db(
+                ctx,
+                shutdown,
+                |c| async move { circuits::close(&c, key).await },
+            )
+            .await?
+        }
+    };
+    if !first {
+        return Ok(());
+    }
     let (event, detail) = match transition {
         Transition::Opened { until, failures } => {
             tracing::warn!(provider, integration_id = ?route.integration_id, %until, "circuit opened: the account keeps failing");
