@@ -150,7 +150,7 @@ if ! psql "$pg_url" -tAc 'SELECT 1' >/dev/null 2>&1; then
   local user connect as the superuser. On a Postgres this script has just installed, SWITCHBOARD_TEST_PG_TRUST=1 does that for you."
   else
     psql "$pg_url" -tAc 'SELECT 1' 2>&1 | head -3 >&2 || true
-    die "Postgres answers on $pg_host:$pg_port but refuses the login in ${DATABASE_URL:+DATABASE_URL}${DATABASE_URL:-postgres://postgres@127.0.0.1:5432 (no password)}: set DATABASE_URL to a role that can log in (postgres://user:password@host/db). This script never changes Postgres authentication"
+    die "Postgres answers on $pg_host:$pg_port but refuses the login $([ -n "${DATABASE_URL:-}" ] && echo "in DATABASE_URL" || echo "as postgres without a password"): set DATABASE_URL to a role that can log in (postgres://user:password@host/db). This script never changes Postgres authentication"
   fi
 fi
 
