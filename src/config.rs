@@ -186,9 +186,11 @@ impl Settings {
                 name: "SWITCHBOARD_HTTP_ADDR",
                 message: format!("not a socket address: {e}"),
             })?;
+        // An empty value (an env file's `KEY=` line) is no key, not a bad
+        // one: commands that need no key (migrate, enqueue) still run.
         let keyring = match lookup("SWITCHBOARD_ENCRYPTION_KEY") {
-            None => None,
-            Some(k) => Some(Keyring::from_base64(k.trim())?),
+            Some(k) if !k.trim().is_empty() => Some(Keyring::from_base64(k.trim())?),
+            _ => None,
         };
         let simulate = match get("SWITCHBOARD_SIMULATE").as_deref() {
             None | Some("false" | "0" | "no") => false,
