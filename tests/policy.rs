@@ -295,7 +295,8 @@ async fn twenty_jobs_against_2_per_second_are_all_sent_over_9_virtual_seconds_ot
     }
     worker.stop().await;
 
-    let mut times = Vec::new();
+    // Each send's policy time and the per-second slot it was given.
+    let mut sends = Vec::new();
     for id in &slow {
         let events = env.event_details(*id).await;
         let sent = events
@@ -304,17 +305,21 @@ async fn twenty_jobs_against_2_per_second_are_all_sent_over_9_virtual_seconds_ot
             .expect("sent")
             .1
             .clone();
-        times.push(at(sent["at"].as_str().unwrap()));
+        let slot = at(sent["rate_slot"].as_str().expect("a rate slot"));
+        let when = at(sent["at"].as_str().unwrap());
+        assert!(when >= slot, "sent at {when}, before its slot {slot}");
+        sends.push((slot, when));
     }
-    times.sort();
-    let spread = *times.last().unwrap() - times[0];
+    sends.sort();
+    let spread = sends.last().unwrap().1 - sends[0].1;
     assert!(
-        spread >= chrono::Duration::seconds(9),
+        spread >= chrono::Duration::milliseconds(9_500),
         "20 jobs at 2/s spread over {spread}"
     );
-    // Never more than 2 in any one second (plus the burst at the start).
-    for w in times.windows(3) {
-        assert!(w[2] - w[0] >= chrono::Duration::milliseconds(500), "{w:?}");
+    // Never more than 2 in any one second: slots are 500 ms apart, so any
+    // three span at least a second, and no send goes before its slot.
+    for w in sends.windows(3) {
+        assert!(w[2].0 - w[0].0 >= chrono::Duration::seconds(1), "{w:?}");
     }
     assert_eq!(requests(&server).await, 40, "none dropped, none doubled");
 }
