@@ -123,6 +123,23 @@ fn free_port() -> u16 {
 /// waited out; no timing is asserted.
 #[tokio::test]
 async fn a_worker_killed_mid_batch_loses_nothing_after_restart() {
+    kill_one_worker_mid_batch(1).await;
+}
+
+/// Issue 11: one of three workers is SIGKILLed mid-batch; the two others
+/// take over its jobs (no restart), none lost, none sent twice except those
+/// at the provider when it died.
+#[tokio::test]
+async fn when_one_of_three_workers_dies_the_others_finish_its_jobs() {
+    kill_one_worker_mid_batch(3).await;
+}
+
+/// Runs `workers` worker processes on 300 jobs against a provider that
+/// takes 1.5 s, SIGKILLs the first once 100 requests reached the provider,
+/// starts a replacement only when it was the only one, and checks that
+/// every job is sent, recorded once, and at most twice at the provider —
+/// twice only if it was at the provider, unrecorded, when the worker died.
+async fn kill_one_worker_mid_batch(workers: usize) {
     const JOBS: usize = 300;
     let server = MockServer::start().await;
     twilio_create_message(SID, "platform-token")
@@ -158,14 +175,17 @@ async fn a_worker_killed_mid_batch_loses_nothing_after_restart() {
             .collect()
     };
 
-    let mut first = spawn(&["worker"], &env.vars);
+    let mut running: Vec<Running> = (0..workers)
+        .map(|_| spawn(&["worker"], &env.vars))
+        .collect();
     // Kill while requests are at the provider and some outcomes recorded.
     wait_until("jobs at the provider before the kill", || async {
         (server.received_requests().await.unwrap().len() >= 100).then_some(())
     })
     .await;
-    first.kill().unwrap(); // SIGKILL: no chance to clean up
-    first.wait().unwrap();
+    let mut victim = running.remove(0);
+    victim.kill().unwrap(); // SIGKILL: no chance to clean up
+    victim.wait().unwrap();
     let at_kill = bodies(&server.received_requests().await.unwrap());
     let client = env.db.client().await;
     let sent_at_kill: std::collections::HashSet<String> = client
@@ -185,7 +205,9 @@ async fn a_worker_killed_mid_batch_loses_nothing_after_restart() {
         .filter(|b| !sent_at_kill.contains(*b))
         .collect();
 
-    let mut second = spawn(&["worker"], &env.vars);
+    if running.is_empty() {
+        running.push(spawn(&["worker"], &env.vars));
+    }
     wait_until("every job to be sent", || async {
         (count(
             &env,
@@ -196,7 +218,9 @@ async fn a_worker_killed_mid_batch_loses_nothing_after_restart() {
             .then_some(())
     })
     .await;
-    assert!(terminate(&mut second).success(), "SIGTERM exits 0");
+    for mut w in running {
+        assert!(terminate(&mut w).success(), "SIGTERM exits 0");
+    }
 
     for id in &ids {
         let sent_events: i64 = client
