@@ -9,6 +9,7 @@
 //!
 //! Adding a provider is one new file and one line in [`Registry::new`].
 
+mod africastalking;
 mod error;
 mod http;
 mod resend;
@@ -98,6 +99,10 @@ impl Registry {
             Arc::new(Simulation::default()),
             Arc::new(twilio::Twilio::new(http.clone(), &urls.twilio)),
             Arc::new(resend::Resend::new(http.clone(), &urls.resend)),
+            Arc::new(africastalking::AfricasTalking::new(
+                http.clone(),
+                &urls.africastalking,
+            )),
         ];
         Self {
             providers: all.into_iter().map(|p| (p.name(), p)).collect(),
