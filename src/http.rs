@@ -56,6 +56,7 @@ pub fn router(state: HttpState) -> Router {
             "/webhooks/resend/{owner}",
             post(crate::webhooks::resend_webhook),
         )
+        .merge(crate::webhooks::messaging::routes())
         .with_state(state)
 }
 

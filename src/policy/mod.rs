@@ -10,6 +10,7 @@ pub mod circuit;
 mod country_zones;
 pub mod quiet_hours;
 pub mod rate_limit;
+pub mod whatsapp_window;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;

@@ -12,10 +12,13 @@
 mod africastalking;
 mod error;
 mod http;
+pub mod meta;
 mod resend;
 mod settings;
 mod simulation;
 mod twilio;
+pub mod vapi;
+mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use async_trait::async_trait;
 pub use error::{ErrorKind, ProviderError};
 pub use settings::{ProviderSettings, SettingSpec, SplitSettings, mask_secret, split_settings};
 pub use simulation::{NAME as SIMULATION, Simulation};
+pub use verify::same_secret;
 
 use crate::config::ProviderUrls;
 use crate::domain::{Channel, SendJob};

@@ -14,6 +14,7 @@ pub mod opt_outs;
 pub mod provider_events;
 pub mod quotas;
 pub mod scheduled;
+pub mod whatsapp_windows;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{Channel, EmailAddress, PhoneNumber, mask};
 use crate::store::messages::{StatusMove, record_account_event};
 use crate::store::provider_events::{self as store, Account, NewDelivery, Report};
-use crate::store::{StoreError, opt_outs};
+use crate::store::{StoreError, opt_outs, whatsapp_windows};
 
 /// How long a report for a message we cannot find is retried. Long enough
 /// for an outcome write held up by a database outage (the worker keeps
@@ -240,6 +240,10 @@ pub async fn apply(client: &mut deadpool_postgres::Client, id: i64) -> Result<Ap
                     opt_outs::lift_stop_keyword(&tx, agent_id, channel, address).await?;
                 }
                 None => {}
+            }
+            // Any message opens WhatsApp's 24-hour window (policy::whatsapp_window).
+            if channel == Channel::Whatsapp {
+                whatsapp_windows::touch(&tx, agent_id, address, row.received_at).await?;
             }
             let detail = json!({"from": mask(address), "keyword": keyword.map(Keyword::as_str)});
             record_account_event(&tx, agent_id, channel, "received", &row.provider, &detail)

@@ -8,9 +8,11 @@
 //! [`inbox::ProviderEvent`] and hands it to the inbox, which stores it before
 //! we answer and applies it scoped to the account it came in on.
 //! Built so far: Twilio (status callbacks, STOP / START replies) and Resend
-//! (delivery, bounces, complaints, opens, clicks). Secrets are never logged.
+//! (delivery, bounces, complaints, opens, clicks); Meta WhatsApp and VAPI in
+//! [`messaging`]. Secrets are never logged.
 
 pub mod inbox;
+pub mod messaging;
 pub mod resend;
 pub mod twilio;
 

@@ -157,6 +157,15 @@ async fn process_inner(
     ) {
         return apply_hold(ctx, &job, hold, shutdown).await;
     }
+    let fallback;
+    let job = match whatsapp_window(ctx, &job, now, shutdown).await? {
+        Ok(None) => &job,
+        Ok(Some(template_job)) => {
+            fallback = template_job;
+            &fallback
+        }
+        Err(refused) => return Ok(refused),
+    };
 
     let route = match ctx.router.resolve(&job, claimed.integration) {
         Ok(route) => route,
@@ -194,6 +203,51 @@ async fn process_inner(
         return park_job(ctx, &job, Some(&route), park, attempted, shutdown).await;
     }
     record_delivery(ctx, &job, &route, delivery, shutdown).await
+}
+
+/// WhatsApp's 24-hour rule, before any provider call
+/// ([`crate::policy::whatsapp_window`]): `Ok(None)` sends the job as it is,
+/// `Ok(Some(job))` sends its fallback template instead, `Err(outcome)` is a
+/// refusal, already recorded as `failed`.
+async fn whatsapp_window(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    now: DateTime<Utc>,
+    shutdown: &CancellationToken,
+) -> Result<Result<Option<SendJob>, Outcome>, Stop> {
+    use crate::policy::whatsapp_window::{Decision, decide, needs_window};
+    if !needs_window(job) {
+        return Ok(Ok(None));
+    }
+    let last = with_db(ctx, shutdown, |c| async move {
+        crate::store::whatsapp_windows::last_inbound(&c, &job.agent_id, job.recipient.as_str())
+            .await
+    })
+    .await?;
+    match decide(job, last, now) {
+        Decision::AsIs => Ok(Ok(None)),
+        Decision::Fallback(template_job) => Ok(Ok(Some(*template_job))),
+        Decision::Refuse(reason) => {
+            tracing::info!(%reason, "not sent");
+            let detail = json!({"code": "outside_whatsapp_window", "message": reason,
+                                "last_inbound_at": last});
+            record_unsent(
+                ctx,
+                job,
+                "failed",
+                Some(&reason),
+                "failed",
+                detail,
+                None,
+                shutdown,
+            )
+            .await?;
+            Ok(Err(Outcome::Failed {
+                dead_letter: None,
+                reason,
+            }))
+        }
+    }
 }
 
 /// What claiming decided.

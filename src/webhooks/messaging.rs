@@ -1,0 +1,245 @@
+//! Webhook endpoints of issue 13's providers: Meta's WhatsApp Cloud API
+//! (`GET` subscription handshake, signed `POST`s) and VAPI's Server URL.
+//!
+//! As for Twilio and Resend (see the parent module): the integration named
+//! in the URL supplies the secret, nothing is read before it verifies, and
+//! every verified notification goes through the durable inbox keyed by the
+//! provider's own ids, scoped to that integration. Verification and parsing
+//! live in the provider folders (`providers::meta::webhook`,
+//! `providers::vapi::webhook`).
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use super::inbox::{Delivery, ProviderEvent};
+use super::{Owner, accept, account_secret, count, refuse};
+use crate::domain::{Channel, PhoneNumber};
+use crate::http::HttpState;
+use crate::providers::meta::webhook as meta;
+use crate::providers::vapi::webhook as vapi;
+
+/// The routes this module serves, merged into `http::router`.
+pub fn routes() -> Router<HttpState> {
+    Router::new()
+        .route(
+            "/webhooks/meta/{owner}",
+            get(meta_handshake).post(meta_webhook),
+        )
+        .route("/webhooks/vapi/{owner}", post(vapi_webhook))
+}
+
+/// `GET /webhooks/meta/{integration_id}`: Meta's subscription check. The
+/// `hub.verify_token` must be the integration's `verify_token`; then the
+/// `hub.challenge` is echoed, else 403.
+async fn meta_handshake(
+    State(state): State<HttpState>,
+    Path(owner): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    // Meta has no platform account in switchboard: no secret for it.
+    let account = match account_secret(&state, "meta", &owner, "verify_token", None).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let params: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    match meta::handshake(
+        &account.secret,
+        get("hub.mode"),
+        get("hub.verify_token"),
+        get("hub.challenge"),
+    ) {
+        Some(challenge) => {
+            count(&state, "meta", "handshake");
+            (
+                [(header::CONTENT_TYPE, "text/plain")],
+                challenge.to_string(),
+            )
+                .into_response()
+        }
+        None => {
+            tracing::warn!(%owner, "Meta subscription check with a wrong verify token");
+            refuse(
+                &state,
+                "meta",
+                StatusCode::FORBIDDEN,
+                "bad_signature",
+                "verify token mismatch",
+            )
+        }
+    }
+}
+
+/// Accepts each event of one request; 503 if any could not be stored (the
+/// provider retries the whole request, and what was stored is recognised
+/// by its id).
+async fn accept_all(
+    state: &HttpState,
+    provider: &'static str,
+    account: &Owner,
+    events: Vec<(String, ProviderEvent)>,
+    ok: Response,
+) -> Response {
+    if events.is_empty() {
+        count(state, provider, "ignored");
+        return ok;
+    }
+    for (delivery_id, event) in events {
+        let delivery = Delivery {
+            provider,
+            account: account.account,
+            agent_id: account.agent_id.as_deref(),
+            delivery_id: &delivery_id,
+            event,
+        };
+        let answer = accept(state, delivery, StatusCode::OK.into_response()).await;
+        if !answer.status().is_success() {
+            return answer;
+        }
+    }
+    ok
+}
+
+/// `POST /webhooks/meta/{integration_id}`: statuses and inbound messages,
+/// signed with `X-Hub-Signature-256` by the integration's `app_secret`.
+async fn meta_webhook(
+    State(state): State<HttpState>,
+    Path(owner): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let account = match account_secret(&state, "meta", &owner, "app_secret", None).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !meta::signature_is_valid(&account.secret, &body, signature) {
+        tracing::warn!(%owner, "Meta webhook with a missing or wrong X-Hub-Signature-256");
+        return refuse(
+            &state,
+            "meta",
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "invalid X-Hub-Signature-256",
+        );
+    }
+    let events = meta::parse(&body)
+        .into_iter()
+        .filter_map(meta_event)
+        .collect();
+    accept_all(
+        &state,
+        "meta",
+        &account,
+        events,
+        StatusCode::OK.into_response(),
+    )
+    .await
+}
+
+fn meta_event(notice: meta::Notice) -> Option<(String, ProviderEvent)> {
+    match notice {
+        meta::Notice::Status {
+            wamid,
+            status,
+            event,
+            detail,
+        } => {
+            let error = (event == "failed").then(|| {
+                format!(
+                    "meta failed: error {}",
+                    detail["error_code"].as_i64().unwrap_or_default()
+                )
+            });
+            Some((
+                format!("{wamid}:{status}"),
+                ProviderEvent::Status {
+                    provider_message_id: wamid,
+                    event: event.to_string(),
+                    error,
+                    detail,
+                    opt_out: None,
+                },
+            ))
+        }
+        meta::Notice::Inbound {
+            message_id,
+            from,
+            keyword,
+        } => {
+            let from = PhoneNumber::parse(&format!("+{from}")).ok()?;
+            Some((
+                format!("{message_id}:received"),
+                ProviderEvent::Inbound {
+                    channel: Channel::Whatsapp,
+                    from,
+                    keyword,
+                },
+            ))
+        }
+    }
+}
+
+/// `POST /webhooks/vapi/{integration_id}`: call status and end-of-call
+/// reports, authenticated with the integration's `webhook_secret`.
+async fn vapi_webhook(
+    State(state): State<HttpState>,
+    Path(owner): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let account = match account_secret(&state, "vapi", &owner, "webhook_secret", None).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if !vapi::is_authentic(
+        &account.secret,
+        h("x-vapi-secret"),
+        h("authorization"),
+        h("x-vapi-signature"),
+        &body,
+    ) {
+        tracing::warn!(%owner, "VAPI webhook without a valid secret or signature");
+        return refuse(
+            &state,
+            "vapi",
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "invalid VAPI secret or signature",
+        );
+    }
+    let events = vapi::parse(&body)
+        .into_iter()
+        .map(|n| {
+            let error = (n.event == "failed").then(|| {
+                format!(
+                    "vapi call not answered: {}",
+                    n.detail["ended_reason"].as_str().unwrap_or("")
+                )
+            });
+            (
+                n.delivery_id,
+                ProviderEvent::Status {
+                    provider_message_id: n.call_id,
+                    event: n.event.to_string(),
+                    error,
+                    detail: n.detail,
+                    opt_out: None,
+                },
+            )
+        })
+        .collect();
+    let ok = axum::Json(json!({})).into_response();
+    accept_all(&state, "vapi", &account, events, ok).await
+}
