@@ -157,13 +157,9 @@ async fn process_inner(
     ) {
         return apply_hold(ctx, &job, hold, shutdown).await;
     }
-    let fallback;
     let job = match whatsapp_window(ctx, &job, now, shutdown).await? {
-        Ok(None) => &job,
-        Ok(Some(template_job)) => {
-            fallback = template_job;
-            &fallback
-        }
+        Ok(None) => job,
+        Ok(Some(fallback)) => fallback,
         Err(refused) => return Ok(refused),
     };
 
