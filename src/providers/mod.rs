@@ -107,6 +107,8 @@ impl Registry {
                 http.clone(),
                 &urls.africastalking,
             )),
+            Arc::new(meta::Meta::new(http.clone(), &urls.whatsapp)),
+            Arc::new(vapi::Vapi::new(http.clone(), &urls.vapi)),
         ];
         Self {
             providers: all.into_iter().map(|p| (p.name(), p)).collect(),
