@@ -808,3 +808,42 @@ async fn vapi_busy_or_unanswered_calls_fail() {
     server.stop(worker).await;
     assert!(row.last_error.unwrap().contains("customer-busy"));
 }
+
+// ---------------------------------------------------------------- Twilio WhatsApp
+
+/// Twilio WhatsApp keeps the same 24-hour rule: free-form text to someone
+/// who never wrote is refused before any call; a Content template goes.
+#[tokio::test]
+async fn twilio_whatsapp_free_form_outside_the_window_is_refused_before_any_call() {
+    const SID: &str = "AC0000000000000000000000000000000c";
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/2010-04-01/Accounts/{SID}/Messages.json")))
+        .respond_with(
+            ResponseTemplate::new(201).set_body_json(json!({"sid": "SMwa", "status": "queued"})),
+        )
+        .mount(&mock)
+        .await;
+    let settings =
+        json!({"account_sid": SID, "auth_token": "token-c", "whatsapp_number": "+14155550100"});
+    let owner = ("agent-wa", "whatsapp", "twilio");
+    let (env, _) = env_with(false, "SWITCHBOARD_TWILIO_BASE_URL", &mock, owner, settings).await;
+    let worker = env.start_worker();
+    let publisher = env.publisher().await;
+    let text = wa_job(json!({"text": "Are you free for a viewing?"}));
+    publisher.publish(&text).await;
+    let row = env.wait_for_status(job_id(&text), "failed").await;
+    assert!(
+        row.last_error
+            .unwrap()
+            .starts_with("outside_whatsapp_window: ")
+    );
+    let template =
+        wa_job(json!({"template": {"content_sid": "HX0000000000000000000000000000000a"}}));
+    publisher.publish(&template).await;
+    env.wait_for_status(job_id(&template), "sent").await;
+    worker.stop().await;
+    let sent = mock.received_requests().await.unwrap();
+    assert_eq!(sent.len(), 1);
+    assert!(field(&form_pairs(&sent[0].body), "ContentSid").is_some());
+}
