@@ -43,6 +43,7 @@ async fn env_with(
 // ---------------------------------------------------------------- Africa's Talking
 
 const AT_KEY: &str = "atsk_0123456789abcdef0123456789abcdef";
+const AT_TOKEN: &str = "at-callback-token-5f2c9e1b";
 
 fn at_answer(status: &str, code: i64, id: &str) -> serde_json::Value {
     json!({"SMSMessageData": {
@@ -88,7 +89,8 @@ async fn connect_at(env: &Env, agent: &str) -> uuid::Uuid {
         agent,
         "sms",
         "africastalking",
-        json!({"username": "acme", "api_key": AT_KEY, "sender_id": "ACME"}),
+        json!({"username": "acme", "api_key": AT_KEY, "sender_id": "ACME",
+               "webhook_token": AT_TOKEN}),
     )
     .await
 }
@@ -846,4 +848,122 @@ async fn twilio_whatsapp_free_form_outside_the_window_is_refused_before_any_call
     let sent = mock.received_requests().await.unwrap();
     assert_eq!(sent.len(), 1);
     assert!(field(&form_pairs(&sent[0].body), "ContentSid").is_some());
+}
+
+/// Meta 190 (bad or expired access token): the job fails without retry and
+/// the integration is marked unverified with the reason, not the token.
+#[tokio::test]
+async fn meta_bad_token_fails_and_marks_the_integration_unverified() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/{PHONE_NUMBER_ID}/messages")))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": {
+            "message": "Error validating access token: Session has expired.",
+            "type": "OAuthException", "code": 190, "error_subcode": 463,
+            "fbtrace_id": "AbCd"}})))
+        .mount(&mock)
+        .await;
+    let (env, integration) = meta_env(&mock, false).await;
+    let client = env.db.client().await;
+    client
+        .execute(
+            "UPDATE integrations SET verification_status = 'verified', verified_at = now()
+              WHERE id = $1",
+            &[&integration],
+        )
+        .await
+        .unwrap();
+    let worker = env.start_worker();
+    let job = wa_job(json!({"template": open_house_template(false)}));
+    env.publisher().await.publish(&job).await;
+    let row = env.wait_for_status(job_id(&job), "failed").await;
+    worker.stop().await;
+    assert_eq!(row.attempts, 1);
+    let r = client
+        .query_one(
+            "SELECT verification_status, last_error FROM integrations WHERE id = $1",
+            &[&integration],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "unverified");
+    let last_error: String = r.get(1);
+    assert!(
+        last_error.contains("reconnect the integration"),
+        "{last_error}"
+    );
+    assert!(!last_error.contains(META_TOKEN));
+}
+
+// ---------------------------------------------------------------- Africa's Talking callbacks
+
+async fn at_post(server: &Server, path: &str, form: &[(&str, &str)]) -> u16 {
+    server
+        .http
+        .post(format!("{}{path}", server.base))
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// At default settings: a delivery report with the integration's token
+/// moves the SMS to `delivered`; without it, or with another, 401 and
+/// nothing written; a STOP reply opts the sender out; repeats count once.
+#[tokio::test]
+async fn africastalking_callbacks_need_the_token_and_apply_once() {
+    let mock = MockServer::start().await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_AFRICASTALKING_BASE_URL", mock.uri());
+    mount_at(&mock, at_answer("Success", 101, "ATXid_abc123")).await;
+    let integration = connect_at(&env, "agent-ke").await;
+    let worker = env.start_worker();
+    let server = Server::start(&env, &worker).await;
+    let job = sms_job("agent-ke", "+254711000001");
+    env.publisher().await.publish(&job).await;
+    env.wait_for_status(job_id(&job), "sent").await;
+
+    let report = [
+        ("id", "ATXid_abc123"),
+        ("status", "Success"),
+        ("phoneNumber", "+254711000001"),
+        ("networkCode", "63902"),
+    ];
+    let base = format!("/webhooks/africastalking/{integration}");
+    assert_eq!(at_post(&server, &base, &report).await, 401);
+    assert_eq!(
+        at_post(&server, &format!("{base}?token=guess"), &report).await,
+        401
+    );
+    assert_eq!(events_named(&env, "delivered").await, 0);
+    let signed = format!("{base}?token={AT_TOKEN}");
+    assert_eq!(at_post(&server, &signed, &report).await, 200);
+    env.wait_for_status(job_id(&job), "delivered").await;
+    assert_eq!(at_post(&server, &signed, &report).await, 200);
+
+    let stop = [
+        ("id", "in-77"),
+        ("from", "+254711000001"),
+        ("to", "12345"),
+        ("text", "STOP"),
+        ("date", "2026-11-25 10:00:00"),
+        ("linkId", "abc"),
+    ];
+    assert_eq!(at_post(&server, &signed, &stop).await, 200);
+    assert_eq!(at_post(&server, &signed, &stop).await, 200);
+    wait_until("the STOP is applied", || async {
+        let n = count(
+            &env,
+            "SELECT count(*) FROM opt_outs WHERE agent_id = 'agent-ke' AND channel = 'sms'
+               AND address = '+254711000001' AND reason = 'stop_keyword'",
+        )
+        .await;
+        (n == 1).then_some(())
+    })
+    .await;
+    server.stop(worker).await;
+    assert_eq!(events_named(&env, "delivered").await, 1);
+    assert_eq!(events_named(&env, "received").await, 1);
 }

@@ -9,7 +9,7 @@
 //!
 //! Adding a provider is one new file and one line in [`Registry::new`].
 
-mod africastalking;
+pub mod africastalking;
 mod error;
 mod http;
 pub mod meta;

@@ -57,6 +57,21 @@ pub enum Keyword {
 }
 
 impl Keyword {
+    /// The keyword a reply is, if it is one: the carriers' and Twilio's
+    /// default opt-out and opt-in words, case and spacing ignored.
+    pub fn from_reply(text: &str) -> Option<Keyword> {
+        const STOP: [&str; 6] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"];
+        const START: [&str; 3] = ["START", "YES", "UNSTOP"];
+        let word = text.trim().to_ascii_uppercase();
+        if STOP.contains(&word.as_str()) {
+            Some(Keyword::Stop)
+        } else if START.contains(&word.as_str()) {
+            Some(Keyword::Start)
+        } else {
+            None
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Keyword::Stop => "stop",

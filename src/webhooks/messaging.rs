@@ -1,5 +1,6 @@
 //! Webhook endpoints of issue 13's providers: Meta's WhatsApp Cloud API
-//! (`GET` subscription handshake, signed `POST`s) and VAPI's Server URL.
+//! (`GET` subscription handshake, signed `POST`s), VAPI's Server URL and
+//! Africa's Talking's SMS callbacks (a token in the URL: it signs nothing).
 //!
 //! As for Twilio and Resend (see the parent module): the integration named
 //! in the URL supplies the secret, nothing is read before it verifies, and
@@ -19,6 +20,7 @@ use super::inbox::{Delivery, ProviderEvent};
 use super::{Owner, accept, account_secret, count, refuse};
 use crate::domain::{Channel, PhoneNumber};
 use crate::http::HttpState;
+use crate::providers::africastalking::webhook as africastalking;
 use crate::providers::meta::webhook as meta;
 use crate::providers::vapi::webhook as vapi;
 
@@ -30,6 +32,10 @@ pub fn routes() -> Router<HttpState> {
             get(meta_handshake).post(meta_webhook),
         )
         .route("/webhooks/vapi/{owner}", post(vapi_webhook))
+        .route(
+            "/webhooks/africastalking/{owner}",
+            post(africastalking_webhook),
+        )
 }
 
 /// `GET /webhooks/meta/{integration_id}`: Meta's subscription check. The
@@ -147,6 +153,24 @@ async fn meta_webhook(
     .await
 }
 
+/// A status report and its delivery id, as the inbox takes it.
+fn status_event(
+    delivery_id: String,
+    provider_message_id: String,
+    event: &str,
+    error: Option<String>,
+    detail: serde_json::Value,
+) -> (String, ProviderEvent) {
+    let event = ProviderEvent::Status {
+        provider_message_id,
+        event: event.to_string(),
+        error,
+        detail,
+        opt_out: None,
+    };
+    (delivery_id, event)
+}
+
 fn meta_event(notice: meta::Notice) -> Option<(String, ProviderEvent)> {
     match notice {
         meta::Notice::Status {
@@ -161,15 +185,12 @@ fn meta_event(notice: meta::Notice) -> Option<(String, ProviderEvent)> {
                     detail["error_code"].as_i64().unwrap_or_default()
                 )
             });
-            Some((
+            Some(status_event(
                 format!("{wamid}:{status}"),
-                ProviderEvent::Status {
-                    provider_message_id: wamid,
-                    event: event.to_string(),
-                    error,
-                    detail,
-                    opt_out: None,
-                },
+                wamid,
+                event,
+                error,
+                detail,
             ))
         }
         meta::Notice::Inbound {
@@ -228,18 +249,81 @@ async fn vapi_webhook(
                     n.detail["ended_reason"].as_str().unwrap_or("")
                 )
             });
-            (
-                n.delivery_id,
-                ProviderEvent::Status {
-                    provider_message_id: n.call_id,
-                    event: n.event.to_string(),
-                    error,
-                    detail: n.detail,
-                    opt_out: None,
-                },
-            )
+            status_event(n.delivery_id, n.call_id, n.event, error, n.detail)
         })
         .collect();
     let ok = axum::Json(json!({})).into_response();
     accept_all(&state, "vapi", &account, events, ok).await
+}
+
+/// `POST /webhooks/africastalking/{integration_id}?token=<webhook_token>`:
+/// SMS delivery reports and incoming SMS, form-encoded. Africa's Talking
+/// signs nothing, so the token in the URL is the only proof.
+async fn africastalking_webhook(
+    State(state): State<HttpState>,
+    Path(owner): Path<String>,
+    RawQuery(query): RawQuery,
+    body: axum::body::Bytes,
+) -> Response {
+    let provider = "africastalking";
+    let account = match account_secret(&state, provider, &owner, "webhook_token", None).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let token = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if !crate::providers::same_secret(&token, &account.secret) {
+        tracing::warn!(%owner, "Africa's Talking callback without the integration's token");
+        return refuse(
+            &state,
+            provider,
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "invalid token",
+        );
+    }
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let event = match africastalking::parse(&params) {
+        africastalking::Notice::Ignored => None,
+        africastalking::Notice::Status {
+            message_id,
+            status,
+            event,
+            detail,
+        } => {
+            let error = (event == "failed").then(|| {
+                format!(
+                    "africastalking {status}: {}",
+                    detail["failure_reason"]
+                        .as_str()
+                        .unwrap_or("no reason given")
+                )
+            });
+            let delivery_id = format!("{message_id}:{status}");
+            Some(status_event(delivery_id, message_id, event, error, detail))
+        }
+        africastalking::Notice::Inbound { id, from, keyword } => {
+            PhoneNumber::parse(&from).ok().map(|from| {
+                (
+                    format!("{id}:received"),
+                    ProviderEvent::Inbound {
+                        channel: Channel::Sms,
+                        from,
+                        keyword,
+                    },
+                )
+            })
+        }
+    };
+    let events = event.into_iter().collect();
+    accept_all(
+        &state,
+        provider,
+        &account,
+        events,
+        StatusCode::OK.into_response(),
+    )
+    .await
 }

@@ -806,6 +806,14 @@ async fn record_delivery(
             if error.recipient_opted_out {
                 opted_out_at_provider(ctx, job, provider, error, shutdown).await?;
             }
+            if let (true, Some(id)) = (error.credentials_refused, route.integration_id) {
+                let msg = error.to_string();
+                with_db(ctx, shutdown, |c| {
+                    let msg = msg.clone();
+                    async move { crate::store::integrations::mark_unverified(&c, id, &msg).await }
+                })
+                .await?;
+            }
             (
                 "failed",
                 Outcome::Failed {

@@ -13,6 +13,8 @@
 //! Africa's Talking takes no idempotency key (none in the SDK or the docs),
 //! so [`Provider::deduplicates`] stays false.
 
+pub mod webhook;
+
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
@@ -26,6 +28,9 @@ const SETTINGS: &[SettingSpec] = &[
     // Optional: without it Africa's Talking sends from its shared default
     // sender (`AFRICASTKNG`).
     SettingSpec::optional("sender_id"),
+    // Added to DESIGN's keys: Africa's Talking signs no callback, so its
+    // callback URL carries this as `?token=` (see `webhook`).
+    SettingSpec::optional_secret("webhook_token"),
 ];
 
 /// The live API host, the default of `SWITCHBOARD_AFRICASTALKING_BASE_URL`.
@@ -90,6 +95,17 @@ impl Provider for AfricasTalking {
         match channel {
             Channel::Sms => SETTINGS,
             _ => &[],
+        }
+    }
+
+    fn check_settings(&self, _channel: Channel, s: &super::ProviderSettings) -> Result<(), String> {
+        match s.get("webhook_token") {
+            Some(t) if t.chars().count() < webhook::MIN_TOKEN_CHARS => Err(format!(
+                "`webhook_token` must be at least {} characters: it is the only proof a \
+                 callback comes from Africa's Talking",
+                webhook::MIN_TOKEN_CHARS
+            )),
+            _ => Ok(()),
         }
     }
 

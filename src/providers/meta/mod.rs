@@ -279,6 +279,7 @@ pub fn classify(err: &mut ProviderError, code: Option<i64>) {
         }
         Some(BAD_TOKEN) => {
             err.kind = ErrorKind::Permanent;
+            err.credentials_refused = true;
             err.message = format!(
                 "the access token is invalid or expired: reconnect the integration; {}",
                 err.message
@@ -318,7 +319,7 @@ mod tests {
             assert!(e.is_retriable() && !e.maybe_sent, "{code}");
         }
         let e = error(&reply(401, graph_error(190)));
-        assert!(!e.is_retriable());
+        assert!(!e.is_retriable() && e.credentials_refused);
         assert_eq!(e.code.as_deref(), Some("190"));
         let e = error(&reply(500, graph_error(131000)));
         assert!(e.is_retriable() && e.maybe_sent);

@@ -80,22 +80,6 @@ pub enum Notice {
     },
 }
 
-/// Meta's default opt-out words are not documented as such; these are
-/// Twilio's, which people use on WhatsApp as well.
-const STOP_WORDS: [&str; 6] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"];
-const START_WORDS: [&str; 3] = ["START", "YES", "UNSTOP"];
-
-fn keyword(text: &str) -> Option<Keyword> {
-    let word = text.trim().to_ascii_uppercase();
-    if STOP_WORDS.contains(&word.as_str()) {
-        Some(Keyword::Stop)
-    } else if START_WORDS.contains(&word.as_str()) {
-        Some(Keyword::Start)
-    } else {
-        None
-    }
-}
-
 /// Everything a verified POST body says that switchboard records. `sent`
 /// statuses are skipped: the send itself recorded that.
 pub fn parse(body: &[u8]) -> Vec<Notice> {
@@ -167,7 +151,7 @@ pub fn parse(body: &[u8]) -> Vec<Notice> {
             out.push(Notice::Inbound {
                 message_id: id.to_string(),
                 from: from.to_string(),
-                keyword: keyword(text),
+                keyword: Keyword::from_reply(text),
             });
         }
     }
