@@ -126,6 +126,8 @@ async fn africastalking_sms_is_sent_with_its_id_and_cost() {
     let sent = &events.iter().find(|(e, _)| e == "sent").unwrap().1;
     assert_eq!(sent["provider_response"]["cost"], "KES 0.8000");
     assert_eq!(sent["provider_response"]["status"], "Success");
+    assert_eq!(sent["provider_response"]["num_segments"], 1);
+    assert_eq!(sent["provider_response"]["encoding"], "GSM-7");
 }
 
 /// A `201` that refuses the recipient is a failure, not a send; a

@@ -14,6 +14,7 @@ mod error;
 mod http;
 pub mod meta;
 mod resend;
+pub mod segments;
 mod settings;
 mod simulation;
 mod twilio;

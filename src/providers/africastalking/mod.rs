@@ -122,7 +122,14 @@ impl Provider for AfricasTalking {
         )
         .await?;
         if reply.is_success() {
-            read_success(&reply)
+            // Africa's Talking answers with a cost but no segment count.
+            let (encoding, segments) =
+                super::segments::count(request.job.content.text.as_deref().unwrap_or(""));
+            read_success(&reply).map(|mut accepted| {
+                accepted.detail["encoding"] = encoding.as_str().into();
+                accepted.detail["num_segments"] = segments.into();
+                accepted
+            })
         } else {
             Err(http_error(&reply))
         }
