@@ -157,15 +157,15 @@ async fn process_inner(
     ) {
         return apply_hold(ctx, &job, hold, shutdown).await;
     }
-    let job = match whatsapp_window(ctx, &job, now, shutdown).await? {
-        Ok(None) => job,
-        Ok(Some(fallback)) => fallback,
-        Err(refused) => return Ok(refused),
-    };
 
     let route = match ctx.router.resolve(&job, claimed.integration) {
         Ok(route) => route,
         Err(e) => return record_unroutable(ctx, &job, e, shutdown).await,
+    };
+    let job = match whatsapp_window(ctx, &job, &route, now, shutdown).await? {
+        Ok(None) => job,
+        Ok(Some(fallback)) => fallback,
+        Err(refused) => return Ok(refused),
     };
 
     if let Some(park) = check_limits(ctx, &job, &agent, &route, &signals.stop).await? {
@@ -201,18 +201,21 @@ async fn process_inner(
     record_delivery(ctx, &job, &route, delivery, shutdown).await
 }
 
-/// WhatsApp's 24-hour rule, before any provider call
+/// WhatsApp's 24-hour rule, after routing and before any provider call
 /// ([`crate::policy::whatsapp_window`]): `Ok(None)` sends the job as it is,
 /// `Ok(Some(job))` sends its fallback template instead, `Err(outcome)` is a
 /// refusal, already recorded as `failed`.
 async fn whatsapp_window(
     ctx: &WorkerContext,
     job: &SendJob,
+    route: &ResolvedRoute,
     now: DateTime<Utc>,
     shutdown: &CancellationToken,
 ) -> Result<Result<Option<SendJob>, Outcome>, Stop> {
     use crate::policy::whatsapp_window::{Decision, decide, needs_window};
-    if !needs_window(job) {
+    // The simulation sends nothing and never hears a reply, so it has no
+    // window to keep.
+    if route.route == Route::Simulation || !needs_window(job) {
         return Ok(Ok(None));
     }
     let last = with_db(ctx, shutdown, |c| async move {
@@ -226,7 +229,7 @@ async fn whatsapp_window(
         Decision::Refuse(reason) => {
             tracing::info!(%reason, "not sent");
             let detail = json!({"code": "outside_whatsapp_window", "message": reason,
-                                "last_inbound_at": last});
+                                "last_inbound_at": last, "provider": route.provider.name()});
             record_unsent(
                 ctx,
                 job,
