@@ -257,6 +257,14 @@ impl Server {
     }
 }
 
+/// Waits until `sql` (a `SELECT count(*)`) counts one row.
+async fn wait_for_one(env: &Env, what: &str, sql: &str) {
+    wait_until(what, || async {
+        (count(env, sql).await == 1).then_some(())
+    })
+    .await;
+}
+
 async fn events_named(env: &Env, event: &str) -> i64 {
     env.db
         .client()
@@ -633,16 +641,12 @@ async fn meta_stop_reply_opts_out_and_undeliverable_is_a_provider_opt_out() {
         .await,
         200
     );
-    wait_until("the STOP is applied", || async {
-        (count(
-            &env,
-            "SELECT count(*) FROM opt_outs WHERE channel = 'whatsapp'
-                       AND address = '+14155550123' AND reason = 'stop_keyword'",
-        )
-        .await
-            == 1)
-            .then_some(())
-    })
+    wait_for_one(
+        &env,
+        "the STOP is applied",
+        "SELECT count(*) FROM opt_outs WHERE channel = 'whatsapp'
+           AND address = '+14155550123' AND reason = 'stop_keyword'",
+    )
     .await;
     server.stop(worker).await;
     assert_eq!(mock.received_requests().await.unwrap().len(), 1);
@@ -911,21 +915,39 @@ async fn at_post(server: &Server, path: &str, form: &[(&str, &str)]) -> u16 {
         .as_u16()
 }
 
-/// At default settings: a delivery report with the integration's token
-/// moves the SMS to `delivered`; without it, or with another, 401 and
-/// nothing written; a STOP reply opts the sender out; repeats count once.
-#[tokio::test]
-async fn africastalking_callbacks_need_the_token_and_apply_once() {
+/// Africa's Talking connected for `agent-ke` (with a webhook token), one
+/// SMS sent and answered with `message_id`, the HTTP server up.
+async fn at_sent(
+    defaults: bool,
+    message_id: &str,
+) -> (
+    MockServer,
+    Env,
+    uuid::Uuid,
+    RunningWorker,
+    Server,
+    serde_json::Value,
+) {
     let mock = MockServer::start().await;
-    let mut env = Env::with_defaults().await;
-    env.set("SWITCHBOARD_AFRICASTALKING_BASE_URL", mock.uri());
-    mount_at(&mock, at_answer("Success", 101, "ATXid_abc123")).await;
-    let integration = connect_at(&env, "agent-ke").await;
+    mount_at(&mock, at_answer("Success", 101, message_id)).await;
+    let settings = json!({"username": "acme", "api_key": AT_KEY, "webhook_token": AT_TOKEN});
+    let owner = ("agent-ke", "sms", "africastalking");
+    let base_url = "SWITCHBOARD_AFRICASTALKING_BASE_URL";
+    let (env, integration) = env_with(defaults, base_url, &mock, owner, settings).await;
     let worker = env.start_worker();
     let server = Server::start(&env, &worker).await;
     let job = sms_job("agent-ke", "+254711000001");
     env.publisher().await.publish(&job).await;
     env.wait_for_status(job_id(&job), "sent").await;
+    (mock, env, integration, worker, server, job)
+}
+
+/// At default settings: a delivery report with the integration's token
+/// moves the SMS to `delivered`; without it, or with another, 401 and
+/// nothing written; a STOP reply opts the sender out; repeats count once.
+#[tokio::test]
+async fn africastalking_callbacks_need_the_token_and_apply_once() {
+    let (_mock, env, integration, worker, server, job) = at_sent(true, "ATXid_abc123").await;
 
     let report = [
         ("id", "ATXid_abc123"),
@@ -955,17 +977,74 @@ async fn africastalking_callbacks_need_the_token_and_apply_once() {
     ];
     assert_eq!(at_post(&server, &signed, &stop).await, 200);
     assert_eq!(at_post(&server, &signed, &stop).await, 200);
-    wait_until("the STOP is applied", || async {
-        let n = count(
-            &env,
-            "SELECT count(*) FROM opt_outs WHERE agent_id = 'agent-ke' AND channel = 'sms'
+    wait_for_one(
+        &env,
+        "the STOP is applied",
+        "SELECT count(*) FROM opt_outs WHERE agent_id = 'agent-ke' AND channel = 'sms'
                AND address = '+254711000001' AND reason = 'stop_keyword'",
-        )
-        .await;
-        (n == 1).then_some(())
-    })
+    )
     .await;
     server.stop(worker).await;
     assert_eq!(events_named(&env, "delivered").await, 1);
     assert_eq!(events_named(&env, "received").await, 1);
+}
+
+/// Meta often reports 131026 (undeliverable) only afterwards, in a status:
+/// the message fails and the number is opted out like a refused send.
+#[tokio::test]
+async fn meta_undeliverable_status_fails_the_message_and_opts_the_number_out() {
+    let mock = MockServer::start().await;
+    mount_meta(&mock).await;
+    let (env, integration) = meta_env(&mock, false).await;
+    let worker = env.start_worker();
+    let server = Server::start(&env, &worker).await;
+    let job = wa_job(json!({"template": open_house_template(false)}));
+    env.publisher().await.publish(&job).await;
+    let wamid = env
+        .wait_for_status(job_id(&job), "sent")
+        .await
+        .provider_message_id
+        .unwrap();
+    let failed = meta_body(json!({"messaging_product": "whatsapp",
+        "statuses": [{"id": wamid, "status": "failed", "timestamp": "1700000100",
+                      "recipient_id": "14155550123",
+                      "errors": [{"code": 131026, "title": "Message undeliverable"}]}]}));
+    assert_eq!(
+        meta_post(&server, integration, APP_SECRET, &failed).await,
+        200
+    );
+    let row = env.wait_for_status(job_id(&job), "failed").await;
+    assert!(row.last_error.unwrap().contains("131026"));
+    wait_for_one(
+        &env,
+        "the opt-out is applied",
+        "SELECT count(*) FROM opt_outs WHERE agent_id = 'agent-wa' AND channel = 'whatsapp'
+               AND address = '+14155550123' AND reason = 'provider_rejected'
+               AND source = 'meta:131026'",
+    )
+    .await;
+    server.stop(worker).await;
+}
+
+#[tokio::test]
+async fn africastalking_blacklisted_report_fails_the_message_and_opts_the_number_out() {
+    let (_mock, env, integration, worker, server, job) = at_sent(false, "ATXid_b1").await;
+    let report = [
+        ("id", "ATXid_b1"),
+        ("status", "Failed"),
+        ("phoneNumber", "+254711000001"),
+        ("failureReason", "UserInBlacklist"),
+    ];
+    let path = format!("/webhooks/africastalking/{integration}?token={AT_TOKEN}");
+    assert_eq!(at_post(&server, &path, &report).await, 200);
+    let row = env.wait_for_status(job_id(&job), "failed").await;
+    assert!(row.last_error.unwrap().contains("UserInBlacklist"));
+    wait_for_one(
+        &env,
+        "the opt-out is applied",
+        "SELECT count(*) FROM opt_outs WHERE agent_id = 'agent-ke' AND channel = 'sms'
+               AND address = '+254711000001' AND reason = 'provider_rejected'",
+    )
+    .await;
+    server.stop(worker).await;
 }

@@ -105,6 +105,19 @@ pub enum ProviderEvent {
         from: PhoneNumber,
         keyword: Option<Keyword>,
     },
+    /// The provider reported, after the send, that a number must not be
+    /// written to again (Meta 131026 undeliverable, Africa's Talking
+    /// `UserInBlacklist`): an opt-out of the account's agent. Kept and
+    /// ordered like a reply from that person (`from`), so a START they send
+    /// later still applies after it.
+    PhoneOptOut {
+        channel: Channel,
+        from: PhoneNumber,
+        /// One of `opt_outs::REASONS`, e.g. `provider_rejected`.
+        reason: String,
+        /// `opt_outs.source`, e.g. `meta:131026`.
+        source: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,7 +133,8 @@ impl ProviderEvent {
     fn kind(&self) -> &'static str {
         match self {
             ProviderEvent::Status { .. } => "status",
-            ProviderEvent::Inbound { .. } => "inbound",
+            // Inbound rows are kept for good and ordered per person.
+            ProviderEvent::Inbound { .. } | ProviderEvent::PhoneOptOut { .. } => "inbound",
         }
     }
 }
@@ -173,7 +187,7 @@ pub async fn accept(pool: &Pool, delivery: Delivery<'_>) -> Result<Accepted, Sto
             provider_message_id,
             ..
         } => Some(provider_message_id.as_str()),
-        ProviderEvent::Inbound { .. } => None,
+        ProviderEvent::Inbound { .. } | ProviderEvent::PhoneOptOut { .. } => None,
     };
     let mut client = pool.get().await?;
     let new = NewDelivery {
@@ -263,6 +277,20 @@ pub async fn apply(client: &mut deadpool_postgres::Client, id: i64) -> Result<Ap
             let detail = json!({"from": mask(address), "keyword": keyword.map(Keyword::as_str)});
             record_account_event(&tx, agent_id, channel, "received", &row.provider, &detail)
                 .await?;
+            store::finish(&tx, id).await?;
+            Applied::Done
+        }
+        ProviderEvent::PhoneOptOut {
+            channel,
+            from,
+            reason,
+            source,
+        } => {
+            let address = from.as_str();
+            if store::earlier_reply_pending(&tx, &row, address).await? {
+                return Ok(Applied::Waiting);
+            }
+            opt_outs::add_in(&tx, agent_id, channel, address, &reason, Some(&source)).await?;
             store::finish(&tx, id).await?;
             Applied::Done
         }
@@ -401,10 +429,19 @@ mod tests {
                 from: PhoneNumber::parse("+14155550123").unwrap(),
                 keyword: Some(Keyword::Stop),
             },
+            ProviderEvent::PhoneOptOut {
+                channel: Channel::Whatsapp,
+                from: PhoneNumber::parse("+14155550123").unwrap(),
+                reason: "provider_rejected".into(),
+                source: "meta:131026".into(),
+            },
         ];
         for e in events {
             let v = serde_json::to_value(&e).unwrap();
-            assert_eq!(v["kind"], e.kind());
+            // The serde tag names the variant; the inbox's `kind` column
+            // files a provider's opt-out with the person's replies.
+            let tag = v["kind"].as_str().unwrap();
+            assert_eq!(tag.replace("phone_opt_out", "inbound"), e.kind());
             assert_eq!(serde_json::from_value::<ProviderEvent>(v).unwrap(), e);
         }
     }

@@ -141,7 +141,7 @@ async fn meta_webhook(
     }
     let events = meta::parse(&body)
         .into_iter()
-        .filter_map(meta_event)
+        .flat_map(meta_events)
         .collect();
     accept_all(
         &state,
@@ -171,42 +171,68 @@ fn status_event(
     (delivery_id, event)
 }
 
-fn meta_event(notice: meta::Notice) -> Option<(String, ProviderEvent)> {
+/// A provider's report that a number refuses messages, as an opt-out of the
+/// account's agent, identified by the report it came with.
+fn phone_opt_out(
+    report_id: &str,
+    channel: Channel,
+    number: Option<&str>,
+    source: String,
+) -> Option<(String, ProviderEvent)> {
+    let number = number?;
+    let from = PhoneNumber::parse(number)
+        .or_else(|_| PhoneNumber::parse(&format!("+{number}")))
+        .ok()?;
+    let event = ProviderEvent::PhoneOptOut {
+        channel,
+        from,
+        reason: "provider_rejected".into(),
+        source,
+    };
+    Some((format!("{report_id}:opt_out"), event))
+}
+
+fn meta_events(notice: meta::Notice) -> Vec<(String, ProviderEvent)> {
     match notice {
         meta::Notice::Status {
             wamid,
             status,
             event,
+            recipient,
+            error_code,
             detail,
         } => {
+            // Undeliverable (blocked, or not on WhatsApp): like the same
+            // code answered to the send, no more messages to this number.
+            let opt_out = (error_code == Some(crate::providers::meta::UNDELIVERABLE))
+                .then(|| {
+                    let source = format!("meta:{}", crate::providers::meta::UNDELIVERABLE);
+                    phone_opt_out(&wamid, Channel::Whatsapp, recipient.as_deref(), source)
+                })
+                .flatten();
             let error = (event == "failed").then(|| {
                 format!(
                     "meta failed: error {}",
                     detail["error_code"].as_i64().unwrap_or_default()
                 )
             });
-            Some(status_event(
-                format!("{wamid}:{status}"),
-                wamid,
-                event,
-                error,
-                detail,
-            ))
+            let status = status_event(format!("{wamid}:{status}"), wamid, event, error, detail);
+            std::iter::once(status).chain(opt_out).collect()
         }
         meta::Notice::Inbound {
             message_id,
             from,
             keyword,
         } => {
-            let from = PhoneNumber::parse(&format!("+{from}")).ok()?;
-            Some((
-                format!("{message_id}:received"),
-                ProviderEvent::Inbound {
-                    channel: Channel::Whatsapp,
-                    from,
-                    keyword,
-                },
-            ))
+            let Ok(from) = PhoneNumber::parse(&format!("+{from}")) else {
+                return Vec::new();
+            };
+            let event = ProviderEvent::Inbound {
+                channel: Channel::Whatsapp,
+                from,
+                keyword,
+            };
+            vec![(format!("{message_id}:received"), event)]
         }
     }
 }
@@ -285,12 +311,14 @@ async fn africastalking_webhook(
         );
     }
     let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let event = match africastalking::parse(&params) {
-        africastalking::Notice::Ignored => None,
+    let events: Vec<(String, ProviderEvent)> = match africastalking::parse(&params) {
+        africastalking::Notice::Ignored => Vec::new(),
         africastalking::Notice::Status {
             message_id,
             status,
             event,
+            phone,
+            failure_reason,
             detail,
         } => {
             let error = (event == "failed").then(|| {
@@ -301,23 +329,31 @@ async fn africastalking_webhook(
                         .unwrap_or("no reason given")
                 )
             });
+            // The recipient blocked the sender: as when the send was
+            // refused for it, no more messages to this number.
+            let opt_out = (failure_reason.as_deref() == Some("UserInBlacklist"))
+                .then(|| {
+                    let source = "africastalking:UserInBlacklist".to_string();
+                    phone_opt_out(&message_id, Channel::Sms, phone.as_deref(), source)
+                })
+                .flatten();
             let delivery_id = format!("{message_id}:{status}");
-            Some(status_event(delivery_id, message_id, event, error, detail))
+            let status = status_event(delivery_id, message_id, event, error, detail);
+            std::iter::once(status).chain(opt_out).collect()
         }
-        africastalking::Notice::Inbound { id, from, keyword } => {
-            PhoneNumber::parse(&from).ok().map(|from| {
-                (
-                    format!("{id}:received"),
-                    ProviderEvent::Inbound {
-                        channel: Channel::Sms,
-                        from,
-                        keyword,
-                    },
-                )
+        africastalking::Notice::Inbound { id, from, keyword } => PhoneNumber::parse(&from)
+            .ok()
+            .map(|from| {
+                let event = ProviderEvent::Inbound {
+                    channel: Channel::Sms,
+                    from,
+                    keyword,
+                };
+                (format!("{id}:received"), event)
             })
-        }
+            .into_iter()
+            .collect(),
     };
-    let events = event.into_iter().collect();
     accept_all(
         &state,
         provider,

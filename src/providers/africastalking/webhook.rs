@@ -24,6 +24,10 @@ pub enum Notice {
         status: String,
         /// `delivered` or `failed`.
         event: &'static str,
+        /// `phoneNumber`: the recipient.
+        phone: Option<String>,
+        /// `failureReason`, when it failed (`UserInBlacklist`, …).
+        failure_reason: Option<String>,
         detail: serde_json::Value,
     },
     /// Someone texted the account's number or shortcode.
@@ -54,6 +58,8 @@ pub fn parse(params: &[(String, String)]) -> Notice {
             message_id: id.to_string(),
             status: status.to_string(),
             event,
+            phone: get("phoneNumber").map(str::to_string),
+            failure_reason: get("failureReason").map(str::to_string),
             detail: json!({
                 "provider_status": status,
                 "failure_reason": get("failureReason"),

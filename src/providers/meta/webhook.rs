@@ -69,6 +69,10 @@ pub enum Notice {
         status: String,
         /// Ours: `delivered`, `opened`, `failed`.
         event: &'static str,
+        /// `recipient_id`: the number the message went to, without `+`.
+        recipient: Option<String>,
+        /// Meta's error code when it failed (`131026`: undeliverable).
+        error_code: Option<i64>,
         detail: Value,
     },
     /// A person wrote to the business number.
@@ -125,6 +129,11 @@ pub fn parse(body: &[u8]) -> Vec<Notice> {
                 wamid: wamid.to_string(),
                 status: status.to_string(),
                 event,
+                recipient: s
+                    .get("recipient_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                error_code: error.and_then(|e| e.get("code")).and_then(Value::as_i64),
                 detail: json!({
                     "provider_status": status,
                     "error_code": error.and_then(|e| e.get("code")),
@@ -218,8 +227,14 @@ mod tests {
             }
         ));
         match &notices[1] {
-            Notice::Status { event, detail, .. } => {
+            Notice::Status {
+                event,
+                detail,
+                error_code,
+                ..
+            } => {
                 assert_eq!(*event, "failed");
+                assert_eq!(*error_code, Some(131026));
                 assert_eq!(detail["error_code"], 131026);
             }
             other => panic!("{other:?}"),
