@@ -107,9 +107,9 @@ pub enum ProviderEvent {
     },
     /// The provider reported, after the send, that a number must not be
     /// written to again (Meta 131026 undeliverable, Africa's Talking
-    /// `UserInBlacklist`): an opt-out of the account's agent. Kept and
-    /// ordered like a reply from that person (`from`), so a START they send
-    /// later still applies after it.
+    /// `UserInBlacklist`): an opt-out of the account's agent. Filed like a
+    /// reply from that person (`from`): kept for good, and applied in order
+    /// with their replies.
     PhoneOptOut {
         channel: Channel,
         from: PhoneNumber,
