@@ -719,6 +719,33 @@ async fn vapi_calls_carry_assistant_number_customer_and_job_metadata() {
     let sent = bodies(&mock).await;
     assert_eq!(sent.len(), 1);
     let b = &sent[0];
+    // VAPI's own OpenAPI (VapiAI/docs, copied to tests/specs): the body is a
+    // valid CreateCallDTO, every field declared.
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/specs/openapi.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let schema = request_schema(&spec, "/call", "post", "application/json");
+    let fields: Vec<String> = b.as_object().unwrap().keys().cloned().collect();
+    assert_fields_match_schema(&schema, &fields);
+    assert_valid_against_spec(&spec, &schema, b);
+    // The check has teeth: a number where the spec wants a string fails it.
+    let mut wrong = b.clone();
+    wrong["customer"]["number"] = json!(14155550123u64);
+    let refused =
+        std::panic::catch_unwind(|| assert_valid_against_spec(&spec, &schema, &wrong)).is_err();
+    assert!(refused, "the spec accepted a numeric customer.number");
+    let overrides = &spec["components"]["schemas"]["AssistantOverrides"]["properties"];
+    for k in b["assistantOverrides"].as_object().unwrap().keys() {
+        assert!(
+            overrides.get(k).is_some(),
+            "assistantOverrides.{k} is not in the spec"
+        );
+    }
     assert_eq!(b["assistantId"], VAPI_ASSISTANT);
     assert_eq!(b["phoneNumberId"], VAPI_PHONE);
     assert_eq!(b["customer"], json!({"number": "+14155550123"}));
