@@ -303,7 +303,6 @@ impl wiremock::Match for CloudApiMessage {
             "type",
             "text",
             "template",
-            "biz_opaque_callback_data",
         ];
         let Some(o) = b.as_object() else { return false };
         if o.keys().any(|k| !known.contains(&k.as_str())) {
@@ -428,6 +427,55 @@ async fn meta_post(server: &Server, integration: uuid::Uuid, secret: &str, body:
         .await
 }
 
+/// Meta's own OpenAPI for the WhatsApp Business Platform (facebook/openapi,
+/// copied to tests/specs), read once.
+fn meta_spec() -> &'static serde_json::Value {
+    static SPEC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/specs/business-messaging-api_v23.0.yaml"
+        );
+        serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    })
+}
+
+/// The bodies Meta received, each checked against its OpenAPI: the send
+/// operation takes a `Message`; the common properties are required, every
+/// top-level field is declared for the message's type, and the `text` or
+/// `template` object validates against its schema. (The spec's `allOf` with
+/// `additionalProperties: false` would refuse every real text message if
+/// validated whole, so the parts are checked one by one.)
+async fn meta_bodies(server: &MockServer) -> Vec<serde_json::Value> {
+    let spec = meta_spec();
+    let op = &spec["paths"]["/{Version}/{Phone-Number-ID}/messages"]["post"];
+    assert_eq!(
+        op["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Message"
+    );
+    let schemas = &spec["components"]["schemas"];
+    let base = &schemas["BaseMessageProperties"];
+    let sent = bodies(server).await;
+    for b in &sent {
+        let kind = b["type"].as_str().unwrap();
+        let branch = match kind {
+            "text" => &schemas["TextMessage"]["allOf"][1],
+            "template" => &schemas["TemplateMessage"]["allOf"][1],
+            other => panic!("unexpected message type {other}"),
+        };
+        let mut declared = base.clone();
+        let props = declared["properties"].as_object_mut().unwrap();
+        props.extend(branch["properties"].as_object().unwrap().clone());
+        let fields: Vec<String> = b.as_object().unwrap().keys().cloned().collect();
+        let mut required = base["required"].as_array().unwrap().clone();
+        required.extend(branch["required"].as_array().unwrap().iter().cloned());
+        declared["required"] = required.into();
+        assert_fields_match_schema(&declared, &fields);
+        assert_valid_against_spec(spec, &branch["properties"][kind], &b[kind]);
+    }
+    sent
+}
+
 async fn bodies(server: &MockServer) -> Vec<serde_json::Value> {
     server
         .received_requests()
@@ -453,18 +501,29 @@ async fn meta_template_messages_carry_name_language_params_and_header_media() {
     assert_eq!(row.provider.as_deref(), Some("meta"));
     assert_eq!(row.integration_id, Some(integration));
     assert_eq!(row.provider_message_id.as_deref(), Some("wamid.HBgL0001"));
-    let sent = bodies(&mock).await;
+    let sent = meta_bodies(&mock).await;
     assert_eq!(sent.len(), 1);
+    // The spec check has teeth: a template without its language code fails.
+    let schema = &meta_spec()["components"]["schemas"]["TemplateMessage"]["allOf"][1];
+    let mut wrong = sent[0]["template"].clone();
+    wrong["language"] = json!({"policy": "deterministic"});
+    let refused = std::panic::catch_unwind(|| {
+        assert_valid_against_spec(meta_spec(), &schema["properties"]["template"], &wrong)
+    });
+    assert!(
+        refused.is_err(),
+        "the spec took a template without a language code"
+    );
     assert_eq!(
         sent[0],
         json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": WA_TO,
             "type": "template",
-            "template": {"name": "open_house", "language": {"code": "en_US"}, "components": [
+            "template": {"name": "open_house",
+                "language": {"policy": "deterministic", "code": "en_US"}, "components": [
                 {"type": "header", "parameters": [{"type": "image",
                     "image": {"link": "https://cdn.example.test/house.jpg"}}]},
                 {"type": "body", "parameters": [{"type": "text", "text": "Jane"},
-                                                {"type": "text", "text": "Saturday"}]}]},
-            "biz_opaque_callback_data": job["id"]})
+                                                {"type": "text", "text": "Saturday"}]}]}})
     );
 }
 
@@ -596,7 +655,7 @@ async fn whatsapp_free_form_needs_the_24_hour_window_or_a_fallback_template() {
     env.wait_for_status(job_id(&with_fallback), "sent").await;
     server.stop(worker).await;
 
-    let sent = bodies(&mock).await;
+    let sent = meta_bodies(&mock).await;
     assert_eq!(sent.len(), 2, "refused jobs never reach Meta");
     assert_eq!(sent[0]["type"], "text");
     assert_eq!(sent[0]["text"]["body"], "Are you free for a viewing?");

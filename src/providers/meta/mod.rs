@@ -86,7 +86,9 @@ fn template(t: &Value) -> Result<Value, ProviderError> {
             "a WhatsApp template needs `template.language` (e.g. \"en_US\")",
         ));
     }
-    let mut out = json!({"name": name, "language": {"code": code}});
+    // Meta's OpenAPI (facebook/openapi) requires `policy` beside `code`;
+    // `deterministic` is its only value.
+    let mut out = json!({"name": name, "language": {"policy": "deterministic", "code": code}});
     if let Some(components) = t.get("components") {
         out["components"] = components.clone();
         return Ok(out);
@@ -172,9 +174,6 @@ fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
             }
         },
     }
-    // Echoed back in status webhooks: ties a report to its job even before
-    // the wamid is recorded.
-    b.insert("biz_opaque_callback_data".into(), job.id.to_string().into());
     Ok(Value::Object(b))
 }
 
@@ -333,7 +332,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             t,
-            json!({"name": "open_house", "language": {"code": "en_US"}, "components": [
+            json!({"name": "open_house", "language": {"policy": "deterministic", "code": "en_US"}, "components": [
                 {"type": "header", "parameters": [{"type": "image", "image": {"link": "https://cdn.test/h.jpg"}}]},
                 {"type": "body", "parameters": [{"type": "text", "text": "Jane"}, {"type": "text", "text": "3"}]}
             ]})
