@@ -718,6 +718,15 @@ const VAPI_PHONE: &str = "2f8c7b6a-1d2e-4f3a-9b8c-7d6e5f4a3b2c";
 const VAPI_ASSISTANT: &str = "5b0a1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d";
 const VAPI_SECRET: &str = "vapi-webhook-secret-xyz";
 
+/// VAPI's own OpenAPI (VapiAI/docs, copied to tests/specs), read once.
+fn vapi_spec() -> &'static serde_json::Value {
+    static SPEC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/specs/openapi.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    })
+}
+
 async fn vapi_env(server: &MockServer, defaults: bool) -> (Env, uuid::Uuid) {
     let settings = json!({"api_key": VAPI_KEY, "phone_number_id": VAPI_PHONE,
         "assistant_id": VAPI_ASSISTANT, "webhook_secret": VAPI_SECRET});
@@ -780,23 +789,16 @@ async fn vapi_calls_carry_assistant_number_customer_and_job_metadata() {
     let b = &sent[0];
     // VAPI's own OpenAPI (VapiAI/docs, copied to tests/specs): the body is a
     // valid CreateCallDTO, every field declared.
-    let spec: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/specs/openapi.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let schema = request_schema(&spec, "/call", "post", "application/json");
+    let spec = vapi_spec();
+    let schema = request_schema(spec, "/call", "post", "application/json");
     let fields: Vec<String> = b.as_object().unwrap().keys().cloned().collect();
     assert_fields_match_schema(&schema, &fields);
-    assert_valid_against_spec(&spec, &schema, b);
+    assert_valid_against_spec(spec, &schema, b);
     // The check has teeth: a number where the spec wants a string fails it.
     let mut wrong = b.clone();
     wrong["customer"]["number"] = json!(14155550123u64);
     let refused =
-        std::panic::catch_unwind(|| assert_valid_against_spec(&spec, &schema, &wrong)).is_err();
+        std::panic::catch_unwind(|| assert_valid_against_spec(spec, &schema, &wrong)).is_err();
     assert!(refused, "the spec accepted a numeric customer.number");
     let overrides = &spec["components"]["schemas"]["AssistantOverrides"]["properties"];
     for k in b["assistantOverrides"].as_object().unwrap().keys() {
@@ -831,12 +833,17 @@ async fn vapi_end_of_call_report_is_stored_with_cost_and_duration() {
     env.publisher().await.publish(&job).await;
     env.wait_for_status(job_id(&job), "sent").await;
     let path = format!("/webhooks/vapi/{integration}");
-    let report = json!({"message": {"type": "end-of-call-report",
-        "endedReason": "customer-ended-call", "durationSeconds": 93.4, "cost": 0.2375,
-        "summary": "Booked a viewing for Saturday.",
-        "recordingUrl": "https://storage.vapi.test/call_7c1d.wav",
-        "call": {"id": "call_7c1d", "type": "outboundPhoneCall"}}})
-    .to_string();
+    let message = json!({"type": "end-of-call-report",
+        "endedReason": "customer-ended-call", "cost": 0.2375,
+        "startedAt": "2026-11-25T15:00:00.000Z", "endedAt": "2026-11-25T15:01:33.400Z",
+        "analysis": {"summary": "Booked a viewing for Saturday."},
+        "artifact": {"recordingUrl": "https://storage.vapi.test/call_7c1d.wav"},
+        "call": {"id": "call_7c1d", "orgId": "org_1", "type": "outboundPhoneCall",
+                 "createdAt": "2026-11-25T14:59:58.000Z", "updatedAt": "2026-11-25T15:01:34.000Z"}});
+    // The fixture is what VAPI's OpenAPI says an end-of-call report is.
+    let schema = &vapi_spec()["components"]["schemas"]["ServerMessageEndOfCallReport"];
+    assert_valid_against_spec(vapi_spec(), schema, &message);
+    let report = json!({"message": message}).to_string();
 
     assert_eq!(
         server
@@ -888,7 +895,7 @@ async fn vapi_busy_or_unanswered_calls_fail() {
     env.publisher().await.publish(&job).await;
     env.wait_for_status(job_id(&job), "sent").await;
     let report = json!({"message": {"type": "end-of-call-report", "endedReason": "customer-busy",
-        "durationSeconds": 0, "cost": 0.01, "call": {"id": "call_7c1d"}}})
+        "cost": 0.01, "analysis": {}, "artifact": {}, "call": {"id": "call_7c1d"}}})
     .to_string();
     let status = server
         .post(

@@ -68,12 +68,40 @@ pub struct Notice {
     pub detail: Value,
 }
 
-/// Ended reasons that mean nobody was reached.
+/// `endedReason`s (VAPI's OpenAPI enum) that mean the call never reached
+/// the person: busy, no answer, the carrier could not connect or refused
+/// it, or the call could not start. Reasons from after an answer (a
+/// pipeline error, a transfer's `call.forwarding.no-answer`) do not count;
+/// `voicemail` neither (a machine answered: not failed, not delivered).
 fn unreached(reason: &str) -> bool {
-    ["busy", "did-not-answer", "no-answer", "failed-to-connect"]
-        .iter()
-        .any(|r| reason.contains(r))
+    const UNREACHED: [&str; 7] = [
+        "customer-busy",
+        "customer-did-not-answer",
+        "twilio-failed-to-connect-call",
+        "twilio-reported-customer-misdialed",
+        "vonage-failed-to-connect-call",
+        "vonage-rejected",
+        "call.in-progress.error-sip-outbound-call-failed-to-connect",
+    ];
+    UNREACHED.contains(&reason)
         || reason.starts_with("call.start.error")
+        || reason.starts_with("call-start-error")
+        || reason.contains("error-providerfault-outbound-sip-")
+}
+
+/// The call's length: `durationSeconds` where VAPI sends it, else from
+/// `startedAt` and `endedAt` (the OpenAPI's fields).
+fn duration_seconds(m: &Value) -> Option<f64> {
+    if let Some(d) = m.get("durationSeconds").and_then(Value::as_f64) {
+        return Some(d);
+    }
+    let at = |k: &str| {
+        m.get(k)
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    let (start, end) = (at("startedAt")?, at("endedAt")?);
+    Some((end - start).num_milliseconds() as f64 / 1000.0)
 }
 
 /// What a verified message says: nothing for the types we do not record
@@ -105,16 +133,22 @@ pub fn parse(body: &[u8]) -> Vec<Notice> {
         },
         Some("end-of-call-report") => {
             let reason = text("/endedReason").unwrap_or("");
+            // Where VAPI's OpenAPI puts them (`analysis.summary`,
+            // `artifact.recordingUrl` or `artifact.recording.stereoUrl`),
+            // with the older top-level names as a fallback.
             let detail = json!({
                 "ended_reason": reason,
-                "duration_seconds": m.get("durationSeconds"),
+                "duration_seconds": duration_seconds(m),
                 "cost": m.get("cost"),
-                "summary": m.get("summary").or_else(|| m.pointer("/analysis/summary")),
-                "recording_url": m.get("recordingUrl")
-                    .or_else(|| m.pointer("/artifact/recordingUrl")),
+                "summary": m.pointer("/analysis/summary").or_else(|| m.get("summary")),
+                "recording_url": m.pointer("/artifact/recordingUrl")
+                    .or_else(|| m.pointer("/artifact/recording/stereoUrl"))
+                    .or_else(|| m.get("recordingUrl")),
             });
             if unreached(reason) {
                 vec![notice("failed", detail)]
+            } else if reason == "voicemail" {
+                vec![notice("ended", detail)]
             } else {
                 // Answered: say so (stored once if `in-progress` said it
                 // already), then the report itself.
@@ -176,23 +210,42 @@ mod tests {
     fn reports_become_events() {
         let report = |reason: &str| {
             json!({"message": {"type": "end-of-call-report", "endedReason": reason,
-                "durationSeconds": 42.5, "cost": 0.11, "summary": "Booked a viewing",
-                "recordingUrl": "https://rec.test/1.wav", "call": {"id": "call_1"}}})
+                "startedAt": "2026-11-25T10:00:00.000Z", "endedAt": "2026-11-25T10:00:42.500Z",
+                "cost": 0.11, "analysis": {"summary": "Booked a viewing"},
+                "artifact": {"recordingUrl": "https://rec.test/1.wav"}, "call": {"id": "call_1"}}})
             .to_string()
         };
+        let events = |reason: &str| {
+            parse(report(reason).as_bytes())
+                .iter()
+                .map(|n| n.event)
+                .collect::<Vec<_>>()
+        };
         let n = parse(report("customer-ended-call").as_bytes());
-        assert_eq!(
-            n.iter().map(|n| n.event).collect::<Vec<_>>(),
-            ["delivered", "ended"]
-        );
+        assert_eq!(events("customer-ended-call"), ["delivered", "ended"]);
         assert_eq!(n[1].detail["cost"], 0.11);
         assert_eq!(n[1].detail["duration_seconds"], 42.5);
-        let n = parse(report("customer-busy").as_bytes());
-        assert_eq!(n.len(), 1);
+        assert_eq!(n[1].detail["summary"], "Booked a viewing");
+        assert_eq!(n[1].detail["recording_url"], "https://rec.test/1.wav");
+        for reason in [
+            "customer-busy",
+            "customer-did-not-answer",
+            "call.start.error-get-customer",
+        ] {
+            assert_eq!(events(reason), ["failed"], "{reason}");
+        }
         assert_eq!(
-            (n[0].event, n[0].delivery_id.as_str()),
-            ("failed", "call_1:failed")
+            parse(report("customer-busy").as_bytes())[0].delivery_id,
+            "call_1:failed"
         );
+        // After an answer: not "unreached"; a machine: neither.
+        for reason in [
+            "call.forwarding.no-answer",
+            "pipeline-error-eleven-labs-system-busy-and-requested-upgrade",
+        ] {
+            assert_eq!(events(reason), ["delivered", "ended"], "{reason}");
+        }
+        assert_eq!(events("voicemail"), ["ended"]);
         let n = parse(
             br#"{"message":{"type":"status-update","status":"in-progress","call":{"id":"call_1"}}}"#,
         );
