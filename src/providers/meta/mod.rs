@@ -11,8 +11,9 @@
 //! is closed. Which one the adapter sends is decided before it is called;
 //! it never reads the database.
 //!
-//! The Cloud API takes no idempotency key, so [`Provider::deduplicates`]
-//! stays false: a timeout after the request was written is `unknown`, not
+//! The Cloud API takes no idempotency key (none in Meta's OpenAPI,
+//! facebook/openapi `business-messaging-api_v23.0.yaml`), so
+//! [`Provider::deduplicates`] stays false: a timeout after the request was written is `unknown`, not
 //! resent. Graph errors are classified by their `code` (Meta advises keying
 //! on codes, not titles).
 

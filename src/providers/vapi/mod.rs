@@ -7,10 +7,10 @@
 //! `template.variables` the assistant's template variables
 //! (`assistantOverrides.firstMessage` / `.variableValues`); the job's
 //! `metadata` and ids go into `assistantOverrides.metadata`, which VAPI
-//! returns on the call object in every webhook. VAPI documents no
-//! idempotency key for `POST /call`, so [`Provider::deduplicates`] stays
-//! false: a timeout after the request was written is `unknown`, never a
-//! second call.
+//! returns on the call object in every webhook. VAPI's OpenAPI
+//! (VapiAI/docs, `tests/specs/openapi.json`) declares no idempotency key or
+//! header for `POST /call`, so [`Provider::deduplicates`] stays false: a
+//! timeout after the request was written is `unknown`, never a second call.
 
 pub mod webhook;
 
