@@ -273,20 +273,77 @@ pub async fn dead_letter(
     publish_confirmed(channel, "", DEAD_QUEUE, body, props).await
 }
 
+/// A confirm channel on a connection of its own, opened on first use and
+/// opened again on the next use after a failure. One publisher keeps one
+/// channel instead of a connection per publish.
+pub struct ReconnectingChannel {
+    url: String,
+    name: &'static str,
+    /// Declare the topology on each new connection (publishers of jobs must
+    /// find `switchboard.jobs` bound to `switchboard.send`).
+    declare: bool,
+    slot: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+}
+
+impl ReconnectingChannel {
+    pub fn new(url: &str, name: &'static str, declare: bool) -> Self {
+        Self {
+            url: url.to_string(),
+            name,
+            declare,
+            slot: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The open channel, or a new one on a new connection.
+    pub async fn get(&self) -> Result<Channel, BrokerError> {
+        let mut slot = self.slot.lock().await;
+        if let Some((conn, ch)) = &*slot
+            && conn.status().connected()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
+        }
+        let (conn, ch) = bounded(async {
+            let conn = connect(&self.url, self.name).await?;
+            if self.declare {
+                declare_topology(&conn).await?;
+            }
+            let ch = confirm_channel(&conn).await?;
+            Ok::<_, lapin::Error>((conn, ch))
+        })
+        .await?;
+        *slot = Some((conn, ch.clone()));
+        Ok(ch)
+    }
+
+    /// Drops the connection after a failed publish: the next [`Self::get`]
+    /// opens a new one rather than reuse a channel in an unknown state.
+    pub async fn reset(&self, why: &str) {
+        if let Some((conn, _)) = self.slot.lock().await.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.close(200, why.into())).await;
+        }
+    }
+
+    pub async fn close(&self) {
+        if let Some((conn, _)) = self.slot.lock().await.take() {
+            let _ = bounded(conn.close(200, "shutting down".into())).await;
+        }
+    }
+}
+
 /// The dead-letter publisher: its own connection, so that a dead letter the
 /// broker refuses (or a broker that closes the connection over it) never
 /// takes the consumer's connection, and every unacked job with it, down.
 /// Reconnects on the next use after a failure.
 pub struct DeadLetters {
-    url: String,
-    channel: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+    channel: ReconnectingChannel,
 }
 
 impl DeadLetters {
     pub fn new(url: &str) -> Self {
         Self {
-            url: url.to_string(),
-            channel: tokio::sync::Mutex::new(None),
+            channel: ReconnectingChannel::new(url, "switchboard-dead-letters", false),
         }
     }
 
@@ -298,41 +355,82 @@ impl DeadLetters {
         original: &BasicProperties,
         reason: &str,
     ) -> Result<(), BrokerError> {
-        let channel = {
-            let mut slot = self.channel.lock().await;
-            match &*slot {
-                Some((conn, ch)) if conn.status().connected() && ch.status().connected() => {
-                    ch.clone()
-                }
-                _ => {
-                    let (conn, ch) = bounded(async {
-                        let conn = connect(&self.url, "switchboard-dead-letters").await?;
-                        let ch = confirm_channel(&conn).await?;
-                        Ok::<_, lapin::Error>((conn, ch))
-                    })
-                    .await?;
-                    *slot = Some((conn, ch.clone()));
-                    ch
-                }
-            }
-        };
+        let channel = self.channel.get().await?;
         let result = dead_letter(&channel, body, original, reason).await;
         if result.is_err() {
-            if let Some((conn, _)) = self.channel.lock().await.take() {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    conn.close(200, "dead-letter publish failed".into()),
-                )
-                .await;
-            }
+            self.channel.reset("dead-letter publish failed").await;
         }
         result
     }
 
     pub async fn close(&self) {
-        if let Some((conn, _)) = self.channel.lock().await.take() {
-            let _ = bounded(conn.close(200, "shutting down".into())).await;
+        self.channel.close().await;
+    }
+}
+
+/// One job ready to publish: its id, routing key (the agent) and body.
+pub struct OutgoingJob<'a> {
+    pub id: Uuid,
+    pub agent_id: &'a str,
+    pub body: Vec<u8>,
+}
+
+/// Publishes jobs for the HTTP API over one long-lived confirm channel.
+pub struct JobPublisher {
+    channel: ReconnectingChannel,
+}
+
+impl JobPublisher {
+    pub fn new(url: &str) -> Self {
+        Self {
+            channel: ReconnectingChannel::new(url, "switchboard-api", true),
         }
+    }
+
+    /// Publishes every job, then waits for all their confirms in one round
+    /// (a thousand jobs cost one wait, not a thousand). `Ok` means the
+    /// broker took every one; on `Err` some may have been taken, which is
+    /// harmless: the ids make a second publish of the same job a no-op.
+    pub async fn publish(&self, jobs: &[OutgoingJob<'_>]) -> Result<(), BrokerError> {
+        let channel = self.channel.get().await?;
+        let result: Result<(), BrokerError> = async {
+            let mut confirms = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let publish = channel.basic_publish(
+                    JOBS_EXCHANGE.into(),
+                    job.agent_id.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &job.body,
+                    job_properties(job.id),
+                );
+                confirms.push(bounded(publish).await?);
+            }
+            bounded(async {
+                for confirm in confirms {
+                    match confirm.await? {
+                        lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested => {}
+                        lapin::Confirmation::Ack(Some(_)) => {
+                            return Err(BrokerError::Unroutable(JOBS_EXCHANGE.into()));
+                        }
+                        lapin::Confirmation::Nack(_) => return Err(BrokerError::Nacked),
+                    }
+                }
+                Ok::<(), BrokerError>(())
+            })
+            .await
+        }
+        .await;
+        if result.is_err() {
+            self.channel.reset("job publish failed").await;
+        }
+        result
+    }
+
+    pub async fn close(&self) {
+        self.channel.close().await;
     }
 }
 

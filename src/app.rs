@@ -92,6 +92,9 @@ pub async fn start(
         // rather than fail every agent-routed job later.
         settings.require_keyring()?;
     }
+    if parts.http {
+        crate::api::check_exposure(settings.http_addr, &settings).map_err(anyhow::Error::msg)?;
+    }
     migrate_when_reachable(&settings, &shutdown).await?;
     let metrics = Metrics::new();
     let ctx: Arc<WorkerContext> = WorkerContext::new(settings.clone(), metrics.clone())?;
@@ -114,7 +117,10 @@ pub async fn start(
         ));
     }
     if parts.http {
-        let state = HttpState::new(ctx.pool.clone(), metrics.clone(), &settings);
+        // A pool of its own: a flood of requests waits for these few
+        // connections and never for the worker's.
+        let pool = store::pool(&settings.database_url, http::HTTP_DB_POOL_SIZE)?;
+        let state = HttpState::new(pool, metrics.clone(), &settings);
         let addr = settings.http_addr;
         let token = shutdown.clone();
         tasks.spawn(async move {
@@ -243,14 +249,7 @@ pub async fn integrations_command(
             settings: values,
         } => {
             let keyring = settings.require_keyring()?;
-            // Checked again at send time; refused here so the mistake is seen
-            // when it is made, not as failed jobs later.
-            if provider == crate::providers::SIMULATION && !settings.simulate {
-                anyhow::bail!(
-                    "`simulation` sends nothing: it can be an agent's integration only while \
-                     SWITCHBOARD_SIMULATE=true"
-                );
-            }
+            integrations::check_provider_allowed(&provider, settings.simulate)?;
             let id = integrations::connect(
                 &pool, keyring, &registry, &agent, channel, &provider, &values,
             )
@@ -323,19 +322,14 @@ pub async fn policy_command(settings: &Settings, command: PolicyCommand) -> anyh
             address,
             reason,
         } => {
-            if !store::opt_outs::REASONS.contains(&reason.as_str()) {
-                anyhow::bail!(
-                    "unknown reason `{reason}` (one of {})",
-                    store::opt_outs::REASONS.join(", ")
-                );
-            }
+            let reason = store::opt_outs::parse_reason(&reason).map_err(|e| anyhow::anyhow!(e))?;
             let address = normalise(channel, &address)?;
             let cancelled = store::opt_outs::add(
                 &mut client,
                 agent.as_deref(),
                 channel,
                 &address,
-                &reason,
+                reason,
                 Some("cli"),
             )
             .await?;
@@ -396,40 +390,74 @@ pub struct AgentSettings {
     pub from_name: Option<String>,
 }
 
+/// Changes to an agent as the API takes them (and the CLI, once its flags
+/// are read): every field optional, unknown fields refused so that a typo
+/// is an error rather than a change silently not made.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentChanges {
+    pub company_name: Option<String>,
+    pub reply_email: Option<String>,
+    pub from_name: Option<String>,
+    /// IANA zone, the fallback for recipients whose zone is unknown.
+    pub timezone: Option<String>,
+    /// `HH:MM-HH:MM`, the recipient-local window for marketing.
+    pub send_window: Option<String>,
+    pub quiet_hours_email: Option<bool>,
+    /// Per channel, like `{"sms": {"per_second": 2, "per_day": 500}}`.
+    pub limits: Option<serde_json::Value>,
+}
+
+impl AgentChanges {
+    /// Checks every field; the error says which one is wrong and how.
+    pub fn validate(self) -> Result<store::agents::AgentUpdate, String> {
+        let mut update = store::agents::AgentUpdate {
+            company_name: self.company_name,
+            from_name: self.from_name,
+            quiet_hours_email: self.quiet_hours_email,
+            ..Default::default()
+        };
+        if let Some(tz) = self.timezone {
+            tz.parse::<chrono_tz::Tz>()
+                .map_err(|_| format!("`{tz}` is not an IANA time zone (like Europe/Paris)"))?;
+            update.timezone = Some(tz);
+        }
+        if let Some(window) = self.send_window {
+            let parse = |t: &str| chrono::NaiveTime::parse_from_str(t.trim(), "%H:%M");
+            let (start, end) = window
+                .split_once('-')
+                .and_then(|(s, e)| Some((parse(s).ok()?, parse(e).ok()?)))
+                .ok_or_else(|| "send window must look like 09:00-20:00".to_string())?;
+            update.send_window = Some((start, end));
+        }
+        if let Some(email) = self.reply_email {
+            update.reply_email = Some(crate::domain::EmailAddress::parse(&email)?.to_string());
+        }
+        if let Some(limits) = self.limits {
+            crate::policy::RateLimit::check_agent_limits(&limits)?;
+            update.limits = Some(limits);
+        }
+        Ok(update)
+    }
+}
+
 /// Validates and applies agent settings; returns the row as JSON.
 pub async fn set_agent(settings: &Settings, a: AgentSettings) -> anyhow::Result<String> {
-    let mut update = store::agents::AgentUpdate {
+    let limits = a
+        .limits
+        .map(|l| serde_json::from_str(&l).context("--limits is not valid JSON"))
+        .transpose()?;
+    let update = AgentChanges {
         company_name: a.company_name,
+        reply_email: a.reply_email,
         from_name: a.from_name,
+        timezone: a.timezone,
+        send_window: a.send_window,
         quiet_hours_email: a.quiet_hours_email,
-        ..Default::default()
-    };
-    if let Some(tz) = a.timezone {
-        tz.parse::<chrono_tz::Tz>()
-            .map_err(|_| anyhow::anyhow!("`{tz}` is not an IANA time zone (like Europe/Paris)"))?;
-        update.timezone = Some(tz);
+        limits,
     }
-    if let Some(window) = a.send_window {
-        let parse = |t: &str| chrono::NaiveTime::parse_from_str(t.trim(), "%H:%M");
-        let (start, end) = window
-            .split_once('-')
-            .and_then(|(s, e)| Some((parse(s).ok()?, parse(e).ok()?)))
-            .ok_or_else(|| anyhow::anyhow!("--send-window must look like 09:00-20:00"))?;
-        update.send_window = Some((start, end));
-    }
-    if let Some(email) = a.reply_email {
-        update.reply_email = Some(
-            crate::domain::EmailAddress::parse(&email)
-                .map_err(|e| anyhow::anyhow!(e))?
-                .to_string(),
-        );
-    }
-    if let Some(limits) = a.limits {
-        let v: serde_json::Value =
-            serde_json::from_str(&limits).context("--limits is not valid JSON")?;
-        crate::policy::RateLimit::check_agent_limits(&v).map_err(|e| anyhow::anyhow!(e))?;
-        update.limits = Some(v);
-    }
+    .validate()
+    .map_err(|e| anyhow::anyhow!(e))?;
     migrate(settings).await?;
     let pool = store::pool(&settings.database_url, 1)?;
     let client = pool.get().await?;

@@ -48,8 +48,14 @@ pub struct ProviderUrls {
 pub struct PlatformAccounts {
     /// `RESEND_API_KEY`
     pub resend_api_key: Option<SecretString>,
-    /// `SENDGRID_API_KEY` (read for completeness; no SendGrid adapter yet).
+    /// `SENDGRID_API_KEY`: with `EMAIL_FROM`, the platform's email account
+    /// when `RESEND_API_KEY` is not set (Resend wins when both are: it
+    /// deduplicates on the job id, SendGrid does not).
     pub sendgrid_api_key: Option<SecretString>,
+    /// `SENDGRID_WEBHOOK_PUBLIC_KEY`: the verification key (base64 DER) of
+    /// the platform account's signed Event Webhook, for
+    /// `/webhooks/sendgrid/platform`. Public, so not a secret.
+    pub sendgrid_webhook_public_key: Option<String>,
     /// `EMAIL_FROM`: the platform's sender address, e.g. `Acme <no-reply@acme.test>`.
     pub email_from: Option<String>,
     /// `TWILIO_ACCOUNT_SID`
@@ -180,9 +186,11 @@ impl Settings {
                 name: "SWITCHBOARD_HTTP_ADDR",
                 message: format!("not a socket address: {e}"),
             })?;
+        // An empty value (an env file's `KEY=` line) is no key, not a bad
+        // one: commands that need no key (migrate, enqueue) still run.
         let keyring = match lookup("SWITCHBOARD_ENCRYPTION_KEY") {
-            None => None,
-            Some(k) => Some(Keyring::from_base64(k.trim())?),
+            Some(k) if !k.trim().is_empty() => Some(Keyring::from_base64(k.trim())?),
+            _ => None,
         };
         let simulate = match get("SWITCHBOARD_SIMULATE").as_deref() {
             None | Some("false" | "0" | "no") => false,
@@ -238,6 +246,7 @@ impl Settings {
             platform: PlatformAccounts {
                 resend_api_key: secret("RESEND_API_KEY"),
                 sendgrid_api_key: secret("SENDGRID_API_KEY"),
+                sendgrid_webhook_public_key: get("SENDGRID_WEBHOOK_PUBLIC_KEY"),
                 email_from: get("EMAIL_FROM"),
                 twilio_account_sid: get("TWILIO_ACCOUNT_SID"),
                 twilio_auth_token: secret("TWILIO_AUTH_TOKEN"),

@@ -1,10 +1,20 @@
-//! The HTTP server: `/metrics`, `/healthz`, `/readyz` and provider
-//! webhooks (`crate::webhooks`). The `/v1` API will mount here too.
+//! The HTTP server: `/metrics`, `/healthz`, `/readyz`, provider webhooks
+//! (`crate::webhooks`) and the `/v1` API (`crate::api`).
 //!
 //! Handlers are thin: they read state and call the library. Nothing here
-//! returns a secret or a full recipient address.
+//! returns a secret; only the authenticated API returns recipients.
+//!
+//! The listener runs in the same process as the worker (`run`), so it must
+//! never be a way to stall sending: connections are capped (each holds a
+//! file descriptor the worker needs for providers, Postgres and RabbitMQ),
+//! a connection that sends no complete request head within
+//! [`HEADER_TIMEOUT`] is closed (that covers idle keep-alive connections
+//! too), a body must arrive within [`BODY_TIMEOUT`] and a whole request is
+//! answered within [`REQUEST_TIMEOUT`]. Requests use a small Postgres pool
+//! of the server's own ([`HTTP_DB_POOL_SIZE`]), never the worker's.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,9 +25,24 @@ use axum::routing::{get, post};
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ApiState;
 use crate::config::PlatformAccounts;
 use crate::crypto::Keyring;
 use crate::metrics::Metrics;
+
+/// Connections served at once; the next waits in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Time to receive a request's head, counted from when the connection
+/// becomes idle: also how long an idle keep-alive connection is kept.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for a request's body to arrive.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time to answer a request, body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections in the HTTP server's own Postgres pool (see `app::start`).
+pub const HTTP_DB_POOL_SIZE: usize = 4;
+/// How long open connections may finish their requests at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -29,21 +54,25 @@ pub struct HttpState {
     pub public_url: Option<String>,
     /// The platform's accounts, whose secrets verify `/webhooks/{provider}/platform`.
     pub platform: PlatformAccounts,
+    /// The `/v1` API (same pool).
+    pub api: ApiState,
 }
 
 impl HttpState {
     pub fn new(pool: Pool, metrics: Metrics, settings: &crate::config::Settings) -> Self {
         Self {
-            pool,
             metrics,
             keyring: settings.keyring.clone(),
             public_url: settings.public_url.clone(),
             platform: settings.platform.clone(),
+            api: ApiState::new(pool.clone(), settings),
+            pool,
         }
     }
 }
 
 pub fn router(state: HttpState) -> Router {
+    let api = crate::api::router(state.api.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -56,8 +85,21 @@ pub fn router(state: HttpState) -> Router {
             "/webhooks/resend/{owner}",
             post(crate::webhooks::resend_webhook),
         )
+        .route(
+            "/webhooks/sendgrid/{owner}",
+            post(crate::webhooks::sendgrid::sendgrid_webhook),
+        )
+        .route(
+            "/webhooks/mailgun/{owner}",
+            post(crate::webhooks::mailgun::mailgun_webhook),
+        )
+        .route(
+            "/webhooks/postmark/{owner}",
+            post(crate::webhooks::postmark::postmark_webhook),
+        )
         .merge(crate::webhooks::messaging::routes())
         .with_state(state)
+        .nest("/v1", api)
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
@@ -100,7 +142,8 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     (status, axum::Json(body))
 }
 
-/// Serves until `shutdown` is cancelled.
+/// Serves until `shutdown` is cancelled, then lets open requests finish
+/// for a few seconds.
 pub async fn serve(
     addr: SocketAddr,
     state: HttpState,
@@ -115,9 +158,69 @@ pub async fn serve(
         state.pool.clone(),
         shutdown.clone(),
     ));
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    let publisher = state.api.publisher.clone();
+    let app = router(state)
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_TIMEOUT,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ));
+    accept_loop(listener, app, shutdown).await;
     sweeper.abort();
-    served
+    publisher.close().await;
+    Ok(())
+}
+
+/// Accepts connections while fewer than [`MAX_CONNECTIONS`] are open (a
+/// semaphore, as in tokio's mini-redis) and serves each with HTTP/1.1 and
+/// the header timeout.
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, typically: wait instead of
+                    // spinning on the error.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open at shutdown; closing them");
+    }
 }

@@ -54,6 +54,21 @@ pub struct ActiveIntegration {
     pub settings: ProviderSettings,
 }
 
+/// Refuses `simulation` as an agent's integration unless simulation is
+/// enabled. Checked again at send time; refused here so the mistake is seen
+/// when it is made, not as failed jobs later.
+pub fn check_provider_allowed(provider: &str, simulate: bool) -> Result<(), IntegrationError> {
+    if provider == crate::providers::SIMULATION && !simulate {
+        return Err(IntegrationError::Invalid(
+            "`simulation` sends nothing: it can be an agent's integration only while \
+             SWITCHBOARD_SIMULATE=true"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Connects (or replaces) an agent's integration, active.
 pub async fn connect(
     pool: &Pool,
     keyring: &Keyring,
@@ -63,6 +78,47 @@ pub async fn connect(
     provider_name: &str,
     settings: &Value,
 ) -> Result<Uuid, IntegrationError> {
+    connect_with(
+        pool,
+        keyring,
+        registry,
+        ConnectRequest {
+            agent_id,
+            channel,
+            provider: provider_name,
+            settings,
+            active: true,
+        },
+    )
+    .await
+}
+
+/// What to connect, for [`connect_with`].
+pub struct ConnectRequest<'a> {
+    pub agent_id: &'a str,
+    pub channel: Channel,
+    pub provider: &'a str,
+    pub settings: &'a Value,
+    /// Connected disabled when false: the settings are checked and stored,
+    /// and no job uses them until it is enabled.
+    pub active: bool,
+}
+
+/// Validates the settings against the provider's keys (unknown and missing
+/// keys refused), encrypts the secrets and stores the integration.
+pub async fn connect_with(
+    pool: &Pool,
+    keyring: &Keyring,
+    registry: &Registry,
+    request: ConnectRequest<'_>,
+) -> Result<Uuid, IntegrationError> {
+    let ConnectRequest {
+        agent_id,
+        channel,
+        provider: provider_name,
+        settings,
+        active,
+    } = request;
     let agent_id = agent_id.trim();
     if agent_id.is_empty() {
         return Err(IntegrationError::Invalid(
@@ -85,6 +141,7 @@ pub async fn connect(
         channel,
         provider.name(),
         &Value::Object(config),
+        active,
         |id| {
             secrets_json
                 .as_ref()
@@ -157,6 +214,24 @@ pub async fn list(
         .into_iter()
         .map(|r| view(keyring, registry, r))
         .collect())
+}
+
+/// One integration, masked.
+pub async fn show(
+    pool: &Pool,
+    keyring: &Keyring,
+    registry: &Registry,
+    agent_id: &str,
+    channel: Channel,
+) -> Result<IntegrationView, IntegrationError> {
+    list(pool, keyring, registry, agent_id)
+        .await?
+        .into_iter()
+        .find(|v| v.channel == channel.as_str())
+        .ok_or_else(|| IntegrationError::NotFound {
+            agent: agent_id.into(),
+            channel,
+        })
 }
 
 pub async fn set_active(

@@ -6,6 +6,7 @@
 //! `README.md` for running it.
 
 pub mod amqp;
+pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;

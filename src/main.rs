@@ -145,7 +145,7 @@ enum IntegrationsCli {
         channel: Channel,
         #[arg(long)]
         provider: String,
-        /// The provider's settings as a JSON object (DESIGN.md lists the keys).
+        /// The provider's settings as a JSON object (docs/DESIGN.md lists the keys).
         #[arg(long)]
         settings: String,
     },

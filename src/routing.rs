@@ -180,11 +180,19 @@ fn platform_accounts(a: &PlatformAccounts) -> HashMap<Channel, (&'static str, Pr
             .collect();
         ProviderSettings::new(map)
     };
-    if let (Some(key), Some(from)) = (&a.resend_api_key, &a.email_from) {
+    // One platform email account. With both keys set, Resend is it: it
+    // deduplicates on the job id, so an ambiguous failure can be retried
+    // there without sending twice (README, "Routing and integrations").
+    let email_key = a
+        .resend_api_key
+        .as_ref()
+        .map(|k| ("resend", k))
+        .or_else(|| a.sendgrid_api_key.as_ref().map(|k| ("sendgrid", k)));
+    if let (Some((provider, key)), Some(from)) = (email_key, &a.email_from) {
         routes.insert(
             Channel::Email,
             (
-                "resend",
+                provider,
                 settings(vec![
                     ("api_key", Some(key.expose_secret().to_string())),
                     ("from_email", Some(from.clone())),
@@ -212,4 +220,41 @@ fn platform_accounts(a: &PlatformAccounts) -> HashMap<Channel, (&'static str, Pr
         );
     }
     routes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accounts(resend: bool, sendgrid: bool) -> PlatformAccounts {
+        PlatformAccounts {
+            resend_api_key: resend.then(|| "re_platform_key".into()),
+            sendgrid_api_key: sendgrid.then(|| "SG.platform_key".into()),
+            email_from: Some("Acme <no-reply@acme.test>".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_platform_email_account_is_resend_else_sendgrid() {
+        let provider = |a: &PlatformAccounts| {
+            platform_accounts(a)
+                .get(&Channel::Email)
+                .map(|(name, s)| (*name, s.get("api_key").map(str::to_string)))
+        };
+        assert_eq!(
+            provider(&accounts(true, true)),
+            Some(("resend", Some("re_platform_key".into())))
+        );
+        assert_eq!(
+            provider(&accounts(false, true)),
+            Some(("sendgrid", Some("SG.platform_key".into())))
+        );
+        assert_eq!(provider(&accounts(false, false)), None);
+        let no_from = PlatformAccounts {
+            email_from: None,
+            ..accounts(false, true)
+        };
+        assert_eq!(provider(&no_from), None);
+    }
 }

@@ -9,14 +9,14 @@ use std::time::Duration;
 use common::proxy::Proxy;
 use common::*;
 use serde_json::json;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use wiremock::{MockServer, ResponseTemplate};
 
 const SID: &str = "AC00000000000000000000000000000999";
 
 async fn slow_twilio() -> MockServer {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
+    twilio_create_message(SID, "platform-token")
         .respond_with(
             ResponseTemplate::new(201)
                 .set_body_json(json!({"sid": "SMout", "status": "queued"}))
@@ -49,21 +49,33 @@ async fn sent(env: &Env) -> i64 {
 
 #[tokio::test]
 async fn a_postgres_outage_mid_batch_is_waited_out_without_loss_or_resend() {
-    const JOBS: usize = 30;
-    let server = slow_twilio().await;
+    // Default settings: hundreds of jobs in flight when Postgres goes away
+    // for 5 s (the worker's pool, its lock session and the batched writes
+    // all lose their connections).
+    const JOBS: usize = 300;
+    let server = MockServer::start().await;
+    twilio_create_message(SID, "platform-token")
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"sid": "SMout", "status": "queued"}))
+                .set_delay(Duration::from_secs(2)),
+        )
+        .mount(&server)
+        .await;
     let pg = Proxy::start("127.0.0.1:5432").await;
-    let mut env = Env::new().await;
+    let mut env = Env::with_defaults().await;
     with_twilio(&mut env, &server);
     let via_proxy = env.db.url_via(pg.port);
-    env.set("DATABASE_URL", via_proxy)
-        .set("SWITCHBOARD_PREFETCH", "10");
+    env.set("DATABASE_URL", via_proxy);
     let worker = env.start_worker();
     let publisher = env.publisher().await;
     for _ in 0..JOBS {
         publisher.publish(&sms_job("agent-o", "+14155550123")).await;
     }
-    wait_until("a first job sent", || async {
-        (sent(&env).await >= 1).then_some(())
+    // Cut while the provider holds the requests: their outcomes come back
+    // to a worker that cannot record them.
+    wait_until("jobs at the provider", || async {
+        (server.received_requests().await.unwrap().len() >= 100).then_some(())
     })
     .await;
     pg.cut();
@@ -73,7 +85,7 @@ async fn a_postgres_outage_mid_batch_is_waited_out_without_loss_or_resend() {
         (worker.ctx.metrics.db_retries.get() > 0).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     pg.restore();
     wait_until("every job sent", || async {
         (sent(&env).await as usize == JOBS).then_some(())
@@ -88,15 +100,16 @@ async fn a_postgres_outage_mid_batch_is_waited_out_without_loss_or_resend() {
 async fn a_rabbitmq_outage_is_reconnected_and_every_job_is_sent_once() {
     let server = slow_twilio().await;
     let amqp = Proxy::start("127.0.0.1:5672").await;
-    let mut env = Env::new().await;
+    // Default settings; 200 jobs in flight when the broker link is cut for
+    // 5 s, 200 more published meanwhile.
+    let mut env = Env::with_defaults().await;
     with_twilio(&mut env, &server);
     let via_proxy = env.vhost.url_via(amqp.port);
-    env.set("AMQP_URL", via_proxy)
-        .set("SWITCHBOARD_PREFETCH", "10");
+    env.set("AMQP_URL", via_proxy);
     let worker = env.start_worker();
     // The publisher talks to RabbitMQ directly: only the worker's link is cut.
     let publisher = env.publisher().await;
-    for _ in 0..20 {
+    for _ in 0..200 {
         publisher.publish(&sms_job("agent-o", "+14155550123")).await;
     }
     wait_until("a first job sent", || async {
@@ -108,13 +121,13 @@ async fn a_rabbitmq_outage_is_reconnected_and_every_job_is_sent_once() {
         (worker.ctx.metrics.amqp_connected.get() == 0).then_some(())
     })
     .await;
-    for _ in 0..20 {
+    for _ in 0..200 {
         publisher.publish(&sms_job("agent-o", "+14155550123")).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     amqp.restore();
     wait_until("every job sent", || async {
-        (sent(&env).await == 40).then_some(())
+        (sent(&env).await == 400).then_some(())
     })
     .await;
     assert!(
@@ -136,7 +149,7 @@ async fn a_rabbitmq_outage_is_reconnected_and_every_job_is_sent_once() {
     worker.stop().await;
     assert_eq!(
         server.received_requests().await.unwrap().len(),
-        40,
+        400,
         "no job sent twice"
     );
 }

@@ -7,6 +7,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -467,28 +468,35 @@ async fn transient_failures_that_never_end_fail_and_are_dead_lettered() {
 #[tokio::test]
 async fn resend_gets_its_exact_request_format_and_the_job_id_as_idempotency_key() {
     let server = MockServer::start().await;
-    let mut env = Env::new().await;
+    // Default settings: a test env's short retry ceiling would cap the
+    // provider's Retry-After and hide whether it is honoured.
+    let mut env = Env::with_defaults().await;
     env.set("SWITCHBOARD_RESEND_BASE_URL", server.uri());
-    // First a 429 with Retry-After, then success: the retry honours it.
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // First a 429 with Retry-After: 2, then success: the retry waits 2 s.
+    let seen = arrivals.clone();
     Mock::given(method("POST"))
         .and(path("/emails"))
-        .respond_with(
+        .respond_with(move |_: &wiremock::Request| {
+            seen.lock().unwrap().push(std::time::Instant::now());
             ResponseTemplate::new(429)
-                .insert_header("retry-after", "0")
-                .set_body_json(json!({"statusCode": 429, "name": "rate_limit_exceeded", "message": "Too many requests"})),
-        )
+                .insert_header("retry-after", "2")
+                .set_body_json(json!({"statusCode": 429, "name": "rate_limit_exceeded", "message": "Too many requests"}))
+        })
         .up_to_n_times(1)
         .with_priority(1)
         .mount(&server)
         .await;
+    let seen = arrivals.clone();
     Mock::given(method("POST"))
         .and(path("/emails"))
         .and(header("authorization", "Bearer re_agent_key_123456"))
         .and(header("content-type", "application/json"))
-        .respond_with(
+        .respond_with(move |_: &wiremock::Request| {
+            seen.lock().unwrap().push(std::time::Instant::now());
             ResponseTemplate::new(200)
-                .set_body_json(json!({"id": "49a3999c-0ce1-4ea6-ab68-afcd6dc2e794"})),
-        )
+                .set_body_json(json!({"id": "49a3999c-0ce1-4ea6-ab68-afcd6dc2e794"}))
+        })
         .mount(&server)
         .await;
     connect(
@@ -510,6 +518,12 @@ async fn resend_gets_its_exact_request_format_and_the_job_id_as_idempotency_key(
         Some("49a3999c-0ce1-4ea6-ab68-afcd6dc2e794")
     );
     assert_eq!(row.attempts, 2);
+    let arrivals = arrivals.lock().unwrap().clone();
+    assert!(
+        arrivals[1] - arrivals[0] >= Duration::from_secs(2),
+        "the retry came {:?} after the 429 asked for 2 s",
+        arrivals[1] - arrivals[0]
+    );
 
     let spec = spec("resend.json");
     let schema = request_schema(&spec, "/emails", "post", "application/json");

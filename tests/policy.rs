@@ -18,8 +18,8 @@ use switchboard::metrics::Metrics;
 use switchboard::store::quotas::{self, Window};
 use switchboard::store::scheduled;
 use switchboard::worker::{WorkerContext, scheduler};
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use wiremock::{MockServer, ResponseTemplate};
 
 const SID: &str = "AC00000000000000000000000000000999";
 
@@ -28,7 +28,7 @@ fn at(s: &str) -> DateTime<Utc> {
 }
 
 async fn twilio_ok(server: &MockServer) {
-    Mock::given(method("POST"))
+    twilio_create_message(SID, "platform-token")
         .respond_with(
             ResponseTemplate::new(201).set_body_json(json!({"sid": "SMpol", "status": "queued"})),
         )
@@ -224,7 +224,7 @@ async fn opted_out_recipients_are_suppressed_without_a_provider_call() {
 #[tokio::test]
 async fn twilio_21610_records_an_opt_out_and_later_jobs_are_suppressed() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
+    twilio_create_message(SID, "platform-token")
         .respond_with(ResponseTemplate::new(400).set_body_json(json!({
             "code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400})))
         .expect(1)
@@ -295,7 +295,8 @@ async fn twenty_jobs_against_2_per_second_are_all_sent_over_9_virtual_seconds_ot
     }
     worker.stop().await;
 
-    let mut times = Vec::new();
+    // Each send's policy time and the per-second slot it was given.
+    let mut sends = Vec::new();
     for id in &slow {
         let events = env.event_details(*id).await;
         let sent = events
@@ -304,17 +305,21 @@ async fn twenty_jobs_against_2_per_second_are_all_sent_over_9_virtual_seconds_ot
             .expect("sent")
             .1
             .clone();
-        times.push(at(sent["at"].as_str().unwrap()));
+        let slot = at(sent["rate_slot"].as_str().expect("a rate slot"));
+        let when = at(sent["at"].as_str().unwrap());
+        assert!(when >= slot, "sent at {when}, before its slot {slot}");
+        sends.push((slot, when));
     }
-    times.sort();
-    let spread = *times.last().unwrap() - times[0];
+    sends.sort();
+    let spread = sends.last().unwrap().1 - sends[0].1;
     assert!(
-        spread >= chrono::Duration::seconds(9),
+        spread >= chrono::Duration::milliseconds(9_500),
         "20 jobs at 2/s spread over {spread}"
     );
-    // Never more than 2 in any one second (plus the burst at the start).
-    for w in times.windows(3) {
-        assert!(w[2] - w[0] >= chrono::Duration::milliseconds(500), "{w:?}");
+    // Never more than 2 in any one second: slots are 500 ms apart, so any
+    // three span at least a second, and no send goes before its slot.
+    for w in sends.windows(3) {
+        assert!(w[2].0 - w[0].0 >= chrono::Duration::seconds(1), "{w:?}");
     }
     assert_eq!(requests(&server).await, 40, "none dropped, none doubled");
 }
@@ -327,14 +332,19 @@ async fn a_day_quota_defers_the_rest_to_the_next_day_and_is_counted_in_postgres(
     let clock = Arc::new(ManualClock::new(at("2026-01-15T15:00:00Z")));
     sql(
         &env,
-        r#"INSERT INTO agents (id, limits) VALUES ('agent-q', '{"sms": {"per_day": 3}}')"#,
+        r#"INSERT INTO agents (id, limits, send_window_start, send_window_end)
+           VALUES ('agent-q', '{"sms": {"per_day": 3}}', '00:00', '23:59')"#,
     )
     .await;
     let worker = env.start_worker_with_clock(clock.clone());
     let publisher = env.publisher().await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let j = sms_job("agent-q", "+14155550123");
+        // An agent's own quotas pace its marketing (its window is open all
+        // day, so only the quota holds jobs); transactional messages are
+        // exempt (tests/quotas.rs).
+        let mut j = sms_job("agent-q", "+14155550123");
+        j["category"] = json!("marketing");
         ids.push(job_id(&j));
         publisher.publish(&j).await;
     }
@@ -495,7 +505,7 @@ async fn an_opt_out_or_the_command_line_cancels_later_steps_of_a_sequence() {
 #[tokio::test]
 async fn a_long_retry_after_parks_the_job_instead_of_holding_a_slot() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
+    twilio_create_message(SID, "platform-token")
         .respond_with(
             ResponseTemplate::new(429)
                 .insert_header("retry-after", "120")
@@ -537,7 +547,7 @@ async fn a_failing_account_opens_its_circuit_defers_jobs_and_closes_after_a_good
         .set("SWITCHBOARD_CIRCUIT_COOLDOWN_MS", "30000")
         .set("SWITCHBOARD_MAX_ATTEMPTS", "5")
         .set("SWITCHBOARD_PREFETCH", "1");
-    Mock::given(method("POST"))
+    twilio_create_message(SID, "platform-token")
         .respond_with(ResponseTemplate::new(503))
         .mount(&server)
         .await;
@@ -702,15 +712,19 @@ async fn a_per_hour_limit_lets_its_full_count_through_between_00_and_01_utc() {
     let env = default_env(&server).await;
     sql(
         &env,
-        r#"INSERT INTO agents (id, limits)
-           VALUES ('agent-h', '{"sms": {"per_hour": 2, "per_day": 100}}')"#,
+        r#"INSERT INTO agents (id, limits, send_window_start, send_window_end)
+           VALUES ('agent-h', '{"sms": {"per_hour": 2, "per_day": 100}}', '00:00', '23:59')"#,
     )
     .await;
     let clock = Arc::new(ManualClock::new(at("2026-01-15T00:30:00Z")));
     let worker = env.start_worker_with_clock(clock.clone());
     let publisher = env.publisher().await;
     for _ in 0..3 {
-        publisher.publish(&sms_job("agent-h", "+14155550123")).await;
+        // Marketing, which the agent's own quotas pace; its window is open
+        // all day so that 00:30 UTC is not a quiet hour.
+        let mut j = sms_job("agent-h", "+14155550123");
+        j["category"] = json!("marketing");
+        publisher.publish(&j).await;
     }
     wait_until("all three sent or deferred", || async {
         (count_status(&env, "sent").await + count_status(&env, "deferred").await == 3).then_some(())
@@ -988,4 +1002,60 @@ async fn jobs_due_at_one_instant_are_taken_oldest_first_and_keep_their_age_when_
         park_for_quota(&client, *id, due).await;
     }
     assert_eq!(take_due(&mut client, due).await, oldest_first);
+}
+
+/// Issue 18 #1 at the defaults (threshold 5, max attempts 5, prefetch 512):
+/// one job against an account that keeps answering 503 spends its fifth
+/// attempt on the failure that opens the circuit. It must be deferred with
+/// every later job, not `failed` and dead-lettered; and however many calls
+/// fail, the circuit opens once.
+#[tokio::test]
+async fn the_job_that_opens_the_circuit_is_deferred_not_failed_at_the_defaults() {
+    let server = MockServer::start().await;
+    twilio_create_message(SID, "platform-token")
+        .respond_with(ResponseTemplate::new(503).set_body_json(json!({
+            "code": 20503, "message": "Service Unavailable", "status": 503
+        })))
+        .mount(&server)
+        .await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_TWILIO_BASE_URL", server.uri())
+        .set("TWILIO_ACCOUNT_SID", SID)
+        .set("TWILIO_AUTH_TOKEN", "platform-token")
+        .set("TWILIO_PHONE_NUMBER", "+14155550000");
+    let worker = env.start_worker();
+    let publisher = env.publisher().await;
+    let job = sms_job("agent-cd", "+14155550123");
+    publisher.publish(&job).await;
+    let row = env.wait_for_status(job_id(&job), "deferred").await;
+    assert_eq!(
+        row.attempts, 5,
+        "every attempt was spent before the circuit opened"
+    );
+    // Later jobs meet the open circuit without calling Twilio.
+    let later: Vec<_> = (0..20)
+        .map(|_| sms_job("agent-cd", "+14155550123"))
+        .collect();
+    for j in &later {
+        publisher.publish(j).await;
+    }
+    for j in &later {
+        env.wait_for_status(job_id(j), "deferred").await;
+    }
+    worker.stop().await;
+    assert_eq!(requests(&server).await, 5);
+    let opened = count(
+        &env,
+        "SELECT count(*) FROM outbound_events WHERE event = 'circuit_opened'",
+    )
+    .await;
+    assert_eq!(opened, 1);
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'failed'"
+        )
+        .await,
+        0
+    );
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use wiremock::{MockServer, ResponseTemplate};
 
 const SID: &str = "AC00000000000000000000000000000999";
 
@@ -123,10 +123,26 @@ fn free_port() -> u16 {
 /// waited out; no timing is asserted.
 #[tokio::test]
 async fn a_worker_killed_mid_batch_loses_nothing_after_restart() {
+    kill_one_worker_mid_batch(1).await;
+}
+
+/// Issue 11: one of three workers is SIGKILLed mid-batch; the two others
+/// take over its jobs (no restart), none lost, none sent twice except those
+/// at the provider when it died.
+#[tokio::test]
+async fn when_one_of_three_workers_dies_the_others_finish_its_jobs() {
+    kill_one_worker_mid_batch(3).await;
+}
+
+/// Runs `workers` worker processes on 300 jobs against a provider that
+/// takes 1.5 s, SIGKILLs the first once 100 requests reached the provider,
+/// starts a replacement only when it was the only one, and checks that
+/// every job is sent, recorded once, and at most twice at the provider —
+/// twice only if it was at the provider, unrecorded, when the worker died.
+async fn kill_one_worker_mid_batch(workers: usize) {
     const JOBS: usize = 300;
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(format!("/2010-04-01/Accounts/{SID}/Messages.json")))
+    twilio_create_message(SID, "platform-token")
         .respond_with(
             ResponseTemplate::new(201)
                 .set_body_json(json!({"sid": "SMkill", "status": "queued"}))
@@ -159,14 +175,17 @@ async fn a_worker_killed_mid_batch_loses_nothing_after_restart() {
             .collect()
     };
 
-    let mut first = spawn(&["worker"], &env.vars);
+    let mut running: Vec<Running> = (0..workers)
+        .map(|_| spawn(&["worker"], &env.vars))
+        .collect();
     // Kill while requests are at the provider and some outcomes recorded.
     wait_until("jobs at the provider before the kill", || async {
         (server.received_requests().await.unwrap().len() >= 100).then_some(())
     })
     .await;
-    first.kill().unwrap(); // SIGKILL: no chance to clean up
-    first.wait().unwrap();
+    let mut victim = running.remove(0);
+    victim.kill().unwrap(); // SIGKILL: no chance to clean up
+    victim.wait().unwrap();
     let at_kill = bodies(&server.received_requests().await.unwrap());
     let client = env.db.client().await;
     let sent_at_kill: std::collections::HashSet<String> = client
@@ -186,7 +205,9 @@ async fn a_worker_killed_mid_batch_loses_nothing_after_restart() {
         .filter(|b| !sent_at_kill.contains(*b))
         .collect();
 
-    let mut second = spawn(&["worker"], &env.vars);
+    if running.is_empty() {
+        running.push(spawn(&["worker"], &env.vars));
+    }
     wait_until("every job to be sent", || async {
         (count(
             &env,
@@ -197,7 +218,9 @@ async fn a_worker_killed_mid_batch_loses_nothing_after_restart() {
             .then_some(())
     })
     .await;
-    assert!(terminate(&mut second).success(), "SIGTERM exits 0");
+    for mut w in running {
+        assert!(terminate(&mut w).success(), "SIGTERM exits 0");
+    }
 
     for id in &ids {
         let sent_events: i64 = client
@@ -667,4 +690,166 @@ async fn agent_settings_from_the_command_line() {
         assert!(!ok);
         assert!(err.contains(expected), "{err}");
     }
+}
+
+/// Issue 11: three `switchboard worker` processes share one queue; an agent
+/// limited to 2/s sends its 30 jobs spaced as one process would, because
+/// the slots come from Postgres: the slots handed out are exactly 500 ms
+/// apart (never three in one second), and the sends, which can only be
+/// later than their slots, span at least 14.5 s. Another agent's jobs are
+/// not held back.
+#[tokio::test]
+async fn three_workers_keep_an_agents_per_second_limit_exact() {
+    const LIMITED: usize = 30;
+    let server = MockServer::start().await;
+    twilio_create_message(SID, "platform-token")
+        .respond_with(
+            ResponseTemplate::new(201).set_body_json(json!({"sid": "SMlim", "status": "queued"})),
+        )
+        .mount(&server)
+        .await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_TWILIO_BASE_URL", server.uri())
+        .set("TWILIO_ACCOUNT_SID", SID)
+        .set("TWILIO_AUTH_TOKEN", "platform-token")
+        .set("TWILIO_PHONE_NUMBER", "+14155550000");
+    env.db
+        .client()
+        .await
+        .execute(
+            r#"INSERT INTO agents (id, limits) VALUES ('agent-2ps', '{"sms": {"per_second": 2}}')"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    let workers: Vec<Running> = (0..3).map(|_| spawn(&["worker"], &env.vars)).collect();
+    let publisher = env.publisher().await;
+    for i in 0..LIMITED {
+        let mut job = sms_job("agent-2ps", "+14155550123");
+        job["text"] = json!(format!("limited {i}"));
+        publisher.publish(&job).await;
+        let mut other = sms_job("agent-free", "+14155550123");
+        other["text"] = json!(format!("free {i}"));
+        publisher.publish(&other).await;
+    }
+    wait_until("every job to be sent", || async {
+        (count(
+            &env,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'sent'",
+        )
+        .await as usize
+            == 2 * LIMITED)
+            .then_some(())
+    })
+    .await;
+    for mut w in workers {
+        assert!(terminate(&mut w).success());
+    }
+    let client = env.db.client().await;
+    // When each limited job was sent, and the slot it was given, by the
+    // worker's own record.
+    let rows = client
+        .query(
+            "SELECT (e.detail->>'at')::timestamptz, (e.detail->>'rate_slot')::timestamptz
+               FROM outbound_events e JOIN outbound_messages m ON m.id = e.message_id
+              WHERE m.agent_id = 'agent-2ps' AND e.event = 'sent' ORDER BY 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), LIMITED);
+    let slots: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|r| r.get(1)).collect();
+    for w in slots.windows(2) {
+        assert!(
+            w[1] - w[0] >= chrono::Duration::milliseconds(500),
+            "slots closer than 1/2 s: {w:?}"
+        );
+    }
+    let mut sent: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|r| r.get(0)).collect();
+    sent.sort();
+    for (at, slot) in rows.iter().map(|r| {
+        (
+            r.get::<_, chrono::DateTime<chrono::Utc>>(0),
+            r.get::<_, chrono::DateTime<chrono::Utc>>(1),
+        )
+    }) {
+        assert!(at >= slot, "sent at {at}, before its slot {slot}");
+    }
+    let spread = sent[LIMITED - 1] - sent[0];
+    assert!(
+        spread >= chrono::Duration::milliseconds(14_500),
+        "30 jobs at 2/s over {spread}"
+    );
+    let times = sent;
+    let free_last: chrono::DateTime<chrono::Utc> = client
+        .query_one(
+            "SELECT max((e.detail->>'at')::timestamptz) FROM outbound_events e
+               JOIN outbound_messages m ON m.id = e.message_id
+              WHERE m.agent_id = 'agent-free' AND e.event = 'sent'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        free_last < times[LIMITED - 1],
+        "the unlimited agent finished before the limited one"
+    );
+}
+
+/// Issue 11: with three worker processes on one queue, an account that is
+/// down has its circuit opened once for all (one `circuit_opened`), and
+/// every process defers its jobs instead of failing them.
+#[tokio::test]
+async fn three_workers_open_a_failing_accounts_circuit_once() {
+    const JOBS: usize = 30;
+    let server = MockServer::start().await;
+    twilio_create_message(SID, "platform-token")
+        .respond_with(ResponseTemplate::new(503).set_body_json(json!({
+            "code": 20503, "message": "Service Unavailable", "status": 503
+        })))
+        .mount(&server)
+        .await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_TWILIO_BASE_URL", server.uri())
+        .set("TWILIO_ACCOUNT_SID", SID)
+        .set("TWILIO_AUTH_TOKEN", "platform-token")
+        .set("TWILIO_PHONE_NUMBER", "+14155550000");
+    let workers: Vec<Running> = (0..3).map(|_| spawn(&["worker"], &env.vars)).collect();
+    let publisher = env.publisher().await;
+    for _ in 0..JOBS {
+        publisher
+            .publish(&sms_job("agent-down", "+14155550123"))
+            .await;
+    }
+    wait_until("every job to be deferred", || async {
+        (count(
+            &env,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'deferred'",
+        )
+        .await as usize
+            == JOBS)
+            .then_some(())
+    })
+    .await;
+    for mut w in workers {
+        assert!(terminate(&mut w).success());
+    }
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM outbound_events WHERE event = 'circuit_opened'"
+        )
+        .await,
+        1,
+        "opened once for all three processes"
+    );
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM outbound_messages WHERE status = 'failed'"
+        )
+        .await,
+        0
+    );
 }

@@ -59,6 +59,9 @@ struct Args {
     /// RabbitMQ host:port (guest/guest); a vhost is made with rabbitmqctl.
     #[arg(long, default_value = "127.0.0.1:5672")]
     amqp_host: String,
+    /// Worker processes consuming the one queue (each with `--prefetch`).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// Leave agent rows to be created by their first job (measures first use).
     #[arg(long)]
     new_agents: bool,
@@ -148,7 +151,9 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
     let own_cpu = || cpu_seconds(std::process::id()).unwrap_or(f64::NAN);
     let own_cpu_before = own_cpu();
     let run_machine_before = machine_cpu();
-    let mut worker = spawn_worker(args, env, &provider)?;
+    let mut workers = (0..args.workers.max(1))
+        .map(|_| spawn_worker(args, env, &provider))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let conn = switchboard::amqp::connect(&env.amqp_url, "bench-publisher").await?;
     switchboard::amqp::declare_topology(&conn).await?;
@@ -173,8 +178,10 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
         if done as usize >= jobs.len() {
             break;
         }
-        if let Ok(Some(status)) = worker.try_wait() {
-            bail!("the worker exited early: {status}");
+        for worker in &mut workers {
+            if let Ok(Some(status)) = worker.try_wait() {
+                bail!("a worker exited early: {status}");
+            }
         }
         if Instant::now() > deadline {
             bail!(
@@ -187,8 +194,15 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
         // updated_at, not from when the poll noticed).
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let peak_rss_mb = peak_rss_mb(worker.id()).unwrap_or(-1.0);
-    let worker_cpu_s = cpu_seconds(worker.id()).unwrap_or(-1.0);
+    // Peak RSS of the largest worker; CPU of all of them.
+    let peak_rss_mb = workers
+        .iter()
+        .filter_map(|w| peak_rss_mb(w.id()))
+        .fold(-1.0, f64::max);
+    let worker_cpu_s: f64 = workers
+        .iter()
+        .map(|w| cpu_seconds(w.id()).unwrap_or(0.0))
+        .sum();
     let run_rabbitmq_cpu_s = rabbitmq_cpu() - run_cpu_before;
     let publisher_and_mock_cpu_s = own_cpu() - own_cpu_before;
     let run_machine_cpu_s = machine_cpu() - run_machine_before;
@@ -204,10 +218,14 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
         .iter()
         .filter_map(|r| cpu_seconds(r.get::<_, i32>(0) as u32))
         .sum();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status();
-    let _ = worker.wait();
+    for worker in &mut workers {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &worker.id().to_string()])
+            .status();
+    }
+    for worker in &mut workers {
+        let _ = worker.wait();
+    }
     // Backends report their counts when they exit; give that a moment.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let commits_after = commits(&client).await?;
@@ -243,6 +261,7 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
         "latency_ms": args.latency_ms,
         "rate": args.rate,
         "prefetch": args.prefetch,
+        "workers": args.workers.max(1),
         "msgs_per_s": round(msgs_per_s),
         "p50_ms": round(percentile(&latencies, 0.50)),
         "p99_ms": round(percentile(&latencies, 0.99)),

@@ -186,6 +186,25 @@ impl Circuits {
         })
     }
 
+    /// Another worker process opened this account's circuit until `until`
+    /// (read from Postgres, `store::circuits`): stop calling it here too. A
+    /// closed circuit opens without a transition of its own (the opener
+    /// recorded it); an open one keeps the later end.
+    pub fn adopt(&self, key: &str, until: DateTime<Utc>) {
+        let now = self.clock.now();
+        if until <= now {
+            return;
+        }
+        self.with_breaker(key, |b| match b.state {
+            State::Closed { .. } => {
+                b.state = State::Open { until };
+                b.openings += 1;
+            }
+            State::Open { until: mine } if mine < until => b.state = State::Open { until },
+            State::Open { .. } | State::HalfOpen { .. } => {}
+        })
+    }
+
     /// Records a result without its [`Call`], as callers did before calls
     /// were tracked: taken as a call of the current state (the probe when
     /// half-open). Results arriving while open are still ignored, so the
@@ -204,6 +223,17 @@ impl Circuits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_adopted_opening_blocks_until_its_end_then_probes() {
+        let clock = Arc::new(crate::clock::ManualClock::new(Utc::now()));
+        let c = Circuits::new(clock.clone(), 5, Duration::from_secs(30));
+        let until = clock.now() + chrono::Duration::seconds(10);
+        c.adopt("k", until);
+        assert_eq!(c.gate("k"), Gate::Blocked(until));
+        clock.advance(Duration::from_secs(10));
+        assert!(matches!(c.gate("k"), Gate::Pass(call) if call.is_probe()));
+    }
     use crate::clock::ManualClock;
 
     fn pass(gate: Gate) -> Call {

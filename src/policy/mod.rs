@@ -9,7 +9,6 @@
 pub mod circuit;
 mod country_zones;
 pub mod quiet_hours;
-pub mod rate_limit;
 pub mod whatsapp_window;
 
 use std::collections::HashMap;

@@ -78,9 +78,9 @@ impl ProviderError {
     }
 
     /// An HTTP error answer, classified by status alone: 408, 429 and 5xx can
-    /// succeed later; any other 4xx will not. A 5xx may come from a gateway
-    /// after the provider took the message, so it is also `maybe_sent`; a 408
-    /// or 429 says the request was not acted on.
+    /// succeed later; any other 4xx will not. A 5xx other than 503 may come
+    /// from a gateway after the provider took the message, so it is also
+    /// `maybe_sent`; a 408, 429 or 503 says the request was not acted on.
     pub fn from_status(
         status: u16,
         code: Option<String>,
@@ -99,7 +99,10 @@ impl ProviderError {
             message,
             retry_after,
             recipient_opted_out: false,
-            maybe_sent: status >= 500,
+            // 503 says the service did not take the request (overloaded,
+            // down for maintenance); 500, 502 and 504 can come after the
+            // provider (or the gateway before it) acted on it.
+            maybe_sent: status >= 500 && status != 503,
             credentials_refused: false,
         }
     }

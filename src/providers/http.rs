@@ -32,7 +32,7 @@ impl Reply {
     pub fn retry_after(&self) -> Option<Duration> {
         let raw = self.headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
         if let Ok(secs) = raw.parse::<f64>() {
-            if !(secs >= 0.0) {
+            if secs.is_nan() || secs < 0.0 {
                 return None;
             }
             return Some(

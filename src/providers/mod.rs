@@ -7,14 +7,19 @@
 //! never retries, sleeps, logs secrets or touches the database: retry policy,
 //! metrics and recording belong to the worker.
 //!
-//! Adding a provider is one new file and one line in [`Registry::new`].
+//! Adding a provider is one new file (or folder, with its webhook parsing)
+//! and one line in [`Registry::new`].
 
 pub mod africastalking;
+mod email;
 mod error;
 mod http;
+pub mod mailgun;
 pub mod meta;
+pub mod postmark;
 mod resend;
 pub mod segments;
+pub mod sendgrid;
 mod settings;
 mod simulation;
 mod twilio;
@@ -104,6 +109,9 @@ impl Registry {
             Arc::new(Simulation::default()),
             Arc::new(twilio::Twilio::new(http.clone(), &urls.twilio)),
             Arc::new(resend::Resend::new(http.clone(), &urls.resend)),
+            Arc::new(sendgrid::SendGrid::new(http.clone(), &urls.sendgrid)),
+            Arc::new(mailgun::Mailgun::new(http.clone(), &urls.mailgun)),
+            Arc::new(postmark::Postmark::new(http.clone(), &urls.postmark)),
             Arc::new(africastalking::AfricasTalking::new(
                 http.clone(),
                 &urls.africastalking,

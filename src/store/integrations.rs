@@ -65,6 +65,7 @@ pub async fn upsert(
     channel: Channel,
     provider: &str,
     config: &serde_json::Value,
+    active: bool,
     encrypt: impl FnOnce(Uuid) -> Option<(String, Vec<u8>)>,
 ) -> Result<Uuid, StoreError> {
     let tx = client.transaction().await?;
@@ -88,13 +89,13 @@ pub async fn upsert(
     let (key_id, blob) = encrypt(id).unzip();
     tx.execute(
         "INSERT INTO integrations
-             (id, agent_id, channel, provider, config, secrets_key_id, secrets_ciphertext)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+             (id, agent_id, channel, provider, config, secrets_key_id, secrets_ciphertext, active)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (agent_id, channel) DO UPDATE
             SET provider = EXCLUDED.provider, config = EXCLUDED.config,
                 secrets_key_id = EXCLUDED.secrets_key_id,
                 secrets_ciphertext = EXCLUDED.secrets_ciphertext,
-                active = true, verification_status = 'unverified', last_error = NULL,
+                active = EXCLUDED.active, verification_status = 'unverified', last_error = NULL,
                 verified_at = NULL, updated_at = now()",
         &[
             &id,
@@ -104,6 +105,7 @@ pub async fn upsert(
             config,
             &key_id,
             &blob,
+            &active,
         ],
     )
     .await?;

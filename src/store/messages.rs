@@ -526,18 +526,15 @@ pub struct MessageRow {
     pub attempts: i32,
     pub last_error: Option<String>,
     pub campaign_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
-pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<MessageRow>, StoreError> {
-    let row = client
-        .query_opt(
-            "SELECT id, agent_id, channel, recipient, status, route, provider, integration_id,
-                    provider_message_id, attempts, last_error, campaign_id
-               FROM outbound_messages WHERE id = $1",
-            &[&id],
-        )
-        .await?;
-    Ok(row.map(|r| MessageRow {
+const MESSAGE_COLUMNS: &str = "id, agent_id, channel, recipient, status, route, provider,
+    integration_id, provider_message_id, attempts, last_error, campaign_id, created_at, updated_at";
+
+fn message_from_row(r: &tokio_postgres::Row) -> MessageRow {
+    MessageRow {
         id: r.get(0),
         agent_id: r.get(1),
         channel: r.get(2),
@@ -550,7 +547,124 @@ pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<Message
         attempts: r.get(9),
         last_error: r.get(10),
         campaign_id: r.get(11),
-    }))
+        created_at: r.get(12),
+        updated_at: r.get(13),
+    }
+}
+
+pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<MessageRow>, StoreError> {
+    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM outbound_messages WHERE id = $1");
+    let row = client.query_opt(&sql, &[&id]).await?;
+    Ok(row.as_ref().map(message_from_row))
+}
+
+/// Which of an agent's messages to list; `None` matches any.
+#[derive(Debug, Default, Clone)]
+pub struct MessageFilter<'a> {
+    pub status: Option<&'a str>,
+    pub channel: Option<Channel>,
+    pub campaign_id: Option<&'a str>,
+}
+
+/// An agent's messages, newest first, after the keyset position `after`
+/// (the `(created_at, id)` of the last row of the previous page).
+pub async fn page_for_agent(
+    client: &impl GenericClient,
+    agent_id: &str,
+    filter: &MessageFilter<'_>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<MessageRow>, StoreError> {
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM outbound_messages
+          WHERE agent_id = $1
+            AND ($2::text IS NULL OR status = $2)
+            AND ($3::text IS NULL OR channel = $3)
+            AND ($4::text IS NULL OR campaign_id = $4)
+            AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
+          ORDER BY created_at DESC, id DESC
+          LIMIT $7"
+    );
+    let (at, id) = after.unzip();
+    let channel = filter.channel.map(Channel::as_str);
+    let rows = client
+        .query(
+            &sql,
+            &[
+                &agent_id,
+                &filter.status,
+                &channel,
+                &filter.campaign_id,
+                &at,
+                &id,
+                &limit,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(message_from_row).collect())
+}
+
+/// What is already recorded under a job id: whose it is, the job as the
+/// worker stored it (`None` for a rejected body), and its status.
+#[derive(Debug, Clone)]
+pub struct KnownJob {
+    pub id: Uuid,
+    pub agent_id: Option<String>,
+    pub job: Option<serde_json::Value>,
+    pub status: String,
+}
+
+/// The rows that exist for `ids`, in no particular order.
+pub async fn known(client: &impl GenericClient, ids: &[Uuid]) -> Result<Vec<KnownJob>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT id, agent_id, job, status FROM outbound_messages WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| KnownJob {
+            id: r.get(0),
+            agent_id: r.get(1),
+            job: r.get(2),
+            status: r.get(3),
+        })
+        .collect())
+}
+
+/// One entry of a message's history.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventRecord {
+    pub event: String,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub detail: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A message's events with who reported them and when, oldest first.
+pub async fn event_history(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Vec<EventRecord>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT event, provider, provider_message_id, detail, created_at
+               FROM outbound_events WHERE message_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| EventRecord {
+            event: r.get(0),
+            provider: r.get(1),
+            provider_message_id: r.get(2),
+            detail: r.get(3),
+            created_at: r.get(4),
+        })
+        .collect())
 }
 
 /// The event names recorded for a message, oldest first.

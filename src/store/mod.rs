@@ -7,13 +7,16 @@
 
 pub mod agents;
 pub mod batch;
+pub mod circuits;
 pub mod integrations;
 pub mod liveness;
 pub mod messages;
 pub mod opt_outs;
 pub mod provider_events;
 pub mod quotas;
+pub mod rate_slots;
 pub mod scheduled;
+pub mod webhook_tokens;
 pub mod whatsapp_windows;
 
 use std::str::FromStr;

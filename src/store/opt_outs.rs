@@ -38,8 +38,18 @@ pub const STRENGTH: [&str; 6] = [
     "manual",
 ];
 
+/// `reason` if it is one of [`REASONS`], else what the choices are.
+pub fn parse_reason(reason: &str) -> Result<&'static str, String> {
+    REASONS
+        .into_iter()
+        .find(|r| *r == reason)
+        .ok_or_else(|| format!("unknown reason `{reason}` (one of {})", REASONS.join(", ")))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct OptOut {
+    /// Increases with each new opt-out: the keyset for paging.
+    pub id: i64,
     pub agent_id: Option<String>,
     pub channel: String,
     pub address: String,
@@ -103,25 +113,69 @@ pub async fn add_in(
     cancel_steps(tx, &filter, &detail).await
 }
 
+const OPT_OUT_COLUMNS: &str = "id, agent_id, channel, address, reason, source, created_at";
+
+fn opt_out_from_row(r: &tokio_postgres::Row) -> OptOut {
+    OptOut {
+        id: r.get(0),
+        agent_id: r.get(1),
+        channel: r.get(2),
+        address: r.get(3),
+        reason: r.get(4),
+        source: r.get(5),
+        created_at: r.get(6),
+    }
+}
+
 pub async fn list(client: &impl GenericClient, agent_id: &str) -> Result<Vec<OptOut>, StoreError> {
+    let sql = format!(
+        "SELECT {OPT_OUT_COLUMNS} FROM opt_outs
+          WHERE agent_id = $1 OR agent_id IS NULL ORDER BY created_at"
+    );
+    let rows = client.query(&sql, &[&agent_id]).await?;
+    Ok(rows.iter().map(opt_out_from_row).collect())
+}
+
+/// Which opt-outs to page through; `None` matches any.
+#[derive(Debug, Default, Clone)]
+pub struct OptOutFilter<'a> {
+    pub channel: Option<Channel>,
+    /// Normalised, as stored.
+    pub address: Option<&'a str>,
+}
+
+/// The agent's opt-outs and the platform-wide ones, oldest first, with ids
+/// above `after`.
+pub async fn page(
+    client: &impl GenericClient,
+    agent_id: &str,
+    filter: &OptOutFilter<'_>,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<OptOut>, StoreError> {
+    let sql = format!(
+        "SELECT {OPT_OUT_COLUMNS} FROM opt_outs
+          WHERE (agent_id = $1 OR agent_id IS NULL)
+            AND ($2::text IS NULL OR channel = $2)
+            AND ($3::text IS NULL OR address = $3)
+            AND id > $4
+          ORDER BY id
+          LIMIT $5"
+    );
+    let channel = filter.channel.map(Channel::as_str);
     let rows = client
         .query(
-            "SELECT agent_id, channel, address, reason, source, created_at FROM opt_outs
-              WHERE agent_id = $1 OR agent_id IS NULL ORDER BY created_at",
-            &[&agent_id],
+            &sql,
+            &[
+                &agent_id,
+                &channel,
+                &filter.address,
+                &after.unwrap_or(0),
+                &limit,
+            ],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| OptOut {
-            agent_id: r.get(0),
-            channel: r.get(1),
-            address: r.get(2),
-            reason: r.get(3),
-            source: r.get(4),
-            created_at: r.get(5),
-        })
-        .collect())
+    Ok(rows.iter().map(opt_out_from_row).collect())
 }
 
 /// An operator's removal: whatever the reason. Returns whether there was one.

@@ -67,9 +67,45 @@ pub async fn reserve(
     Ok(None)
 }
 
+/// Gives back the units [`reserve`] took at `reserved_at` for a job that
+/// did not send after all (the provider refused it, or it was parked on an
+/// open circuit or a long `Retry-After`): a quota counts sends, not tries.
+pub async fn release(
+    client: &mut deadpool_postgres::Client,
+    quotas: &[(String, Window, u32)],
+    reserved_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    const SQL: &str = "
+        UPDATE rate_counters SET count = count - 1
+         WHERE key = $1 AND span = $2 AND window_start = $3 AND count > 0";
+    let tx = client.transaction().await?;
+    let statement = tx.prepare_cached(SQL).await?;
+    for (key, window, _) in quotas {
+        let (start, _) = window.bounds(reserved_at);
+        tx.execute(&statement, &[key, &window.as_str(), &start])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The share of an account's hour or day quota that only transactional
+/// messages may use (a tenth, at least one unit of any quota above one), so
+/// that a marketing blast never holds back a one-time code.
+pub fn transactional_share(limit: u32) -> u32 {
+    if limit < 2 { 0 } else { (limit / 10).max(1) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenth_of_a_quota_is_kept_for_transactional_messages() {
+        assert_eq!(transactional_share(1), 0);
+        assert_eq!(transactional_share(4), 1);
+        assert_eq!(transactional_share(500), 50);
+    }
 
     #[test]
     fn windows_are_utc_hours_and_days() {

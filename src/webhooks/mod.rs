@@ -7,13 +7,18 @@
 //! each provider; this module finds the secret, turns what was said into an
 //! [`inbox::ProviderEvent`] and hands it to the inbox, which stores it before
 //! we answer and applies it scoped to the account it came in on.
-//! Built so far: Twilio (status callbacks, STOP / START replies) and Resend
-//! (delivery, bounces, complaints, opens, clicks); Meta WhatsApp and VAPI in
-//! [`messaging`]. Secrets are never logged.
+//! Built so far: Twilio (status callbacks, STOP / START replies), Resend,
+//! SendGrid, Mailgun and Postmark (delivery, bounces, complaints, opens,
+//! clicks; one file each here, verification and parsing beside the adapter);
+//! Meta WhatsApp, VAPI and Africa's Talking in [`messaging`]. Secrets are
+//! never logged.
 
 pub mod inbox;
+pub mod mailgun;
 pub mod messaging;
+pub mod postmark;
 pub mod resend;
+pub mod sendgrid;
 pub mod twilio;
 
 use axum::extract::{Path, State};
@@ -167,6 +172,55 @@ async fn accept(state: &HttpState, delivery: Delivery<'_>, ok: Response) -> Resp
                 "try again",
             )
         }
+    }
+}
+
+/// Stores one verified event, counting what became of it. `Err` is the
+/// answer to give: 503, so that the provider brings it again.
+async fn store(state: &HttpState, delivery: Delivery<'_>) -> Result<(), Response> {
+    let provider = delivery.provider;
+    match inbox::accept(&state.pool, delivery).await {
+        Ok(Accepted::Stored) => count(state, provider, "accepted"),
+        Ok(Accepted::Duplicate) => count(state, provider, "duplicate"),
+        Err(e) => {
+            tracing::warn!(error = %e, provider, "webhook: could not store an event; asking the provider to retry");
+            return Err(refuse(
+                state,
+                provider,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "try again",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An email provider's report as the inbox stores it; `opt_out` applies to
+/// `recipient` when it is a valid address.
+fn email_status(
+    provider: &str,
+    message_id: String,
+    event: &str,
+    recipient: Option<&str>,
+    opt_out: Option<&str>,
+    error: Option<String>,
+    detail: serde_json::Value,
+) -> ProviderEvent {
+    let opt_out = opt_out.map(|reason| EmailOptOut {
+        reason: reason.to_string(),
+        addresses: recipient
+            .and_then(|e| EmailAddress::parse(e).ok())
+            .into_iter()
+            .collect(),
+        source: format!("{provider}:webhook"),
+    });
+    ProviderEvent::Status {
+        provider_message_id: message_id,
+        event: event.to_string(),
+        error,
+        detail,
+        opt_out,
     }
 }
 

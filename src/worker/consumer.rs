@@ -29,10 +29,12 @@ use crate::amqp;
 /// exiting.
 pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
     let scheduler = tokio::spawn(super::scheduler::run(ctx.clone(), shutdown.clone()));
+    let circuits = tokio::spawn(follow_shared_circuits(ctx.clone(), shutdown.clone()));
     let dead_letters = Arc::new(amqp::DeadLetters::new(&ctx.settings.amqp_url));
     consume_until_shutdown(&ctx, &dead_letters, &shutdown).await;
     dead_letters.close().await;
     let _ = scheduler.await;
+    let _ = circuits.await;
     // Every job in hand has finished or been abandoned: release the lock, so
     // that redelivered copies of abandoned ones are taken over at once.
     ctx.liveness_stop.cancel();
@@ -162,6 +164,35 @@ async fn consume(
     // outcomes in Postgres, their acks fail, and the redelivered copies find
     // the recorded outcome and are acked without sending again.
     Ok(session)
+}
+
+/// How often a worker reads the circuits other processes opened.
+const SHARED_CIRCUITS_EVERY: Duration = Duration::from_secs(1);
+
+/// Adopts, every second, the circuits other worker processes opened, so an
+/// account that is down is left alone by every process at once (one read
+/// per second per process, not one per send).
+async fn follow_shared_circuits(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SHARED_CIRCUITS_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = ctx.clock.now();
+        let open = async {
+            let client = ctx.pool.get().await?;
+            crate::store::circuits::open_now(&client, now).await
+        }
+        .await;
+        match open {
+            Ok(open) => {
+                for (key, until) in open {
+                    ctx.circuits.adopt(&key, until);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not read shared circuits"),
+        }
+    }
 }
 
 async fn handle(

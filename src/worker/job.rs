@@ -25,14 +25,16 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::WorkerContext;
-use crate::domain::{Route, SendJob};
+use crate::domain::{Category, Route, SendJob};
 use crate::policy::circuit::{Gate, Transition};
 use crate::policy::{self, AgentPolicy, Hold};
 use crate::providers::{Accepted, ProviderError, SendRequest};
 use crate::routing::{ResolvedRoute, RouteError};
 use crate::store::StoreError;
+use crate::store::circuits;
 use crate::store::messages::{self, Claim, EventRow};
 use crate::store::quotas::{self, Window};
+use crate::store::rate_slots;
 use crate::store::scheduled;
 
 /// How one delivery of a job ended. Each maps to one broker action
@@ -168,17 +170,20 @@ async fn process_inner(
         Err(refused) => return Ok(refused),
     };
 
-    if let Some(park) = check_limits(ctx, &job, &agent, &route, &signals.stop).await? {
-        return park_job(
-            ctx,
-            &job,
-            Some(&route),
-            park,
-            Attempted::default(),
-            shutdown,
-        )
-        .await;
-    }
+    let admitted = match check_limits(ctx, &job, &agent, &route, &signals.stop).await? {
+        Ok(admitted) => admitted,
+        Err(park) => {
+            return park_job(
+                ctx,
+                &job,
+                Some(&route),
+                park,
+                Attempted::default(),
+                shutdown,
+            )
+            .await;
+        }
+    };
 
     // The claim was made under this process's lock; if the lock was lost
     // since (the Postgres connection dropped), another worker may have taken
@@ -190,6 +195,8 @@ async fn process_inner(
         }
     }
     let mut delivery = send_with_retries(ctx, &job, &route, prior_attempts, signals).await?;
+    settle_quota(ctx, admitted.quota, &delivery, shutdown).await?;
+    delivery.rate_slot = admitted.rate_slot;
     if let Some(park) = delivery.park.take() {
         let attempted = Attempted {
             attempts: delivery.attempts,
@@ -230,17 +237,14 @@ async fn whatsapp_window(
             tracing::info!(%reason, "not sent");
             let detail = json!({"code": "outside_whatsapp_window", "message": reason,
                                 "last_inbound_at": last, "provider": route.provider.name()});
-            record_unsent(
-                ctx,
-                job,
-                "failed",
-                Some(&reason),
-                "failed",
+            let unsent = Unsent {
+                status: "failed",
+                last_error: Some(&reason),
+                label: "failed",
                 detail,
-                None,
-                shutdown,
-            )
-            .await?;
+                dead_letter_reason: None,
+            };
+            record_unsent(ctx, job, unsent, shutdown).await?;
             Ok(Err(Outcome::Failed {
                 dead_letter: None,
                 reason,
@@ -336,6 +340,8 @@ struct Delivery {
     events: Vec<EventRow>,
     /// Policy time of the last provider call, which rate limits were judged by.
     called_at: Option<DateTime<Utc>>,
+    /// The per-second slot the job was given (recorded with the send).
+    rate_slot: Option<DateTime<Utc>>,
 }
 
 /// A job to put back in `scheduled_jobs`.
@@ -424,6 +430,7 @@ async fn send_with_retries(
         park: None,
         events: Vec::new(),
         called_at: None,
+        rate_slot: None,
     };
     loop {
         // The gate's ticket goes back with the result, so that only the
@@ -460,7 +467,7 @@ async fn send_with_retries(
             let down = result.as_ref().err().is_some_and(looks_down);
             if let Some(t) = ctx.circuits.settle(key, call, down) {
                 opened_now = matches!(t, Transition::Opened { .. });
-                record_circuit(ctx, job, route, t, &signals.abandon).await?;
+                record_circuit(ctx, job, route, key, t, &signals.abandon).await?;
             }
         }
         let error = match result {
@@ -539,10 +546,43 @@ async fn record_circuit(
     ctx: &WorkerContext,
     job: &SendJob,
     route: &ResolvedRoute,
+    key: &str,
     transition: Transition,
     shutdown: &CancellationToken,
 ) -> Result<(), Stop> {
     let provider = route.provider.name();
+    // Shared with every worker process: the first to open (or close) the
+    // account's circuit records it; the others adopt what it wrote.
+    let now = ctx.clock.now();
+    let first = match transition {
+        Transition::Opened { until, .. } => {
+            let opened = with_db(ctx, shutdown, |c| async move {
+                circuits::open(&c, key, until, now).await
+            })
+            .await?;
+            if !opened {
+                let shared = with_db(ctx, shutdown, |c| async move {
+                    circuits::open_until(&c, key).await
+                })
+                .await?;
+                if let Some(shared) = shared {
+                    ctx.circuits.adopt(key, shared);
+                }
+            }
+            opened
+        }
+        Transition::Closed => {
+            with_db(
+                ctx,
+                shutdown,
+                |c| async move { circuits::close(&c, key).await },
+            )
+            .await?
+        }
+    };
+    if !first {
+        return Ok(());
+    }
     let (event, detail) = match transition {
         Transition::Opened { until, failures } => {
             tracing::warn!(provider, integration_id = ?route.integration_id, %until, "circuit opened: the account keeps failing");
@@ -587,52 +627,142 @@ async fn check_limits(
     agent: &AgentPolicy,
     route: &ResolvedRoute,
     shutdown: &CancellationToken,
-) -> Result<Option<Park>, Stop> {
+) -> Result<Result<Admitted, Park>, Stop> {
+    let marketing = job.category == Category::Marketing;
+    // (key, limit, whether its hour/day quotas apply to this job, units of
+    // them this job may not use)
     let mut keys = Vec::new();
     if let Some(limit) = agent.limits.get(&job.channel) {
-        keys.push((format!("agent:{}:{}", job.agent_id, job.channel), *limit));
+        // An agent's own hour/day quotas pace its marketing; transactional
+        // messages (codes, confirmations) are exempt from them.
+        keys.push((
+            format!("agent:{}:{}", job.agent_id, job.channel),
+            *limit,
+            marketing,
+            false,
+        ));
     }
     if let Some(id) = route.integration_id {
         let limit = policy::RateLimit::from_json(route.settings.value("rate_limit"));
         if !limit.is_empty() {
-            keys.push((format!("integration:{id}"), limit));
+            // The account's quotas are the provider's: every message counts,
+            // and marketing leaves a share for transactional ones.
+            keys.push((format!("integration:{id}"), limit, true, marketing));
         }
     }
-    for (key, limit) in &keys {
+    let mut rate_slot = None;
+    for (key, limit, _, _) in &keys {
         if let Some(per_second) = limit.per_second {
-            let acquired = tokio::select! {
-                r = ctx.limits.acquire_job(key, job.id, per_second) => r,
-                _ = shutdown.cancelled() => return Err(Stop::Shutdown),
-            };
-            if let Err(until) = acquired {
-                return Ok(Some(Park::deferred(
-                    until,
+            // The slot comes from Postgres, so the limit holds across every
+            // worker process (store::rate_slots).
+            let now = ctx.clock.now();
+            let wait_max = ctx.settings.rate_wait_max;
+            let slot = with_db(ctx, shutdown, |c| async move {
+                rate_slots::take(&c, key, job.id, per_second, now, wait_max).await
+            })
+            .await?;
+            let wait = (slot - now).to_std().unwrap_or(Duration::ZERO);
+            if wait > wait_max {
+                return Ok(Err(Park::deferred(
+                    slot,
                     "rate_limit",
                     json!({"key": key, "per_second": per_second.get()}),
                 )));
+            }
+            rate_slot = rate_slot.max(Some(slot));
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = ctx.clock.sleep_until(slot) => {}
+                    _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+                }
             }
         }
     }
     let quotas: Vec<(String, Window, u32)> = keys
         .iter()
-        .flat_map(|(key, limit)| {
+        .filter(|(_, _, applies, _)| *applies)
+        .flat_map(|(key, limit, _, leave_share)| {
+            let usable = |n: u32| {
+                if *leave_share {
+                    n - quotas::transactional_share(n)
+                } else {
+                    n
+                }
+            };
             [
-                limit.per_hour.map(|n| (key.clone(), Window::Hour, n.get())),
-                limit.per_day.map(|n| (key.clone(), Window::Day, n.get())),
+                limit
+                    .per_hour
+                    .map(|n| (key.clone(), Window::Hour, usable(n.get()))),
+                limit
+                    .per_day
+                    .map(|n| (key.clone(), Window::Day, usable(n.get()))),
             ]
         })
         .flatten()
         .collect();
     if quotas.is_empty() {
-        return Ok(None);
+        return Ok(Ok(Admitted {
+            quota: None,
+            rate_slot,
+        }));
     }
     let now = ctx.clock.now();
-    let quotas = &quotas;
-    let full = with_db(ctx, shutdown, |mut c| async move {
-        quotas::reserve(&mut c, quotas, now).await
+    let full = {
+        let quotas = &quotas;
+        with_db(ctx, shutdown, |mut c| async move {
+            quotas::reserve(&mut c, quotas, now).await
+        })
+        .await?
+    };
+    Ok(match full {
+        Some(until) => Err(Park::deferred(
+            until,
+            "quota",
+            json!({"quota_resets_at": until}),
+        )),
+        None => Ok(Admitted {
+            quota: Some(Reserved { quotas, at: now }),
+            rate_slot,
+        }),
     })
-    .await?;
-    Ok(full.map(|until| Park::deferred(until, "quota", json!({"quota_resets_at": until}))))
+}
+
+/// What the limits let through: the quota units taken and the per-second
+/// slot given, if any.
+struct Admitted {
+    quota: Option<Reserved>,
+    rate_slot: Option<DateTime<Utc>>,
+}
+
+/// Hour and day quota units a job took before its provider call, held
+/// until the call's result says whether anything was sent.
+struct Reserved {
+    quotas: Vec<(String, Window, u32)>,
+    at: DateTime<Utc>,
+}
+
+/// Gives the units back when the delivery sent nothing: parked (circuit
+/// open, long Retry-After) or refused. A message that was sent, or may have
+/// been (`unknown`), keeps them.
+async fn settle_quota(
+    ctx: &WorkerContext,
+    reserved: Option<Reserved>,
+    delivery: &Delivery,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
+    let Some(reserved) = reserved else {
+        return Ok(());
+    };
+    let sent_nothing =
+        delivery.park.is_some() || (delivery.result.is_err() && !delivery.unconfirmed);
+    if !sent_nothing {
+        return Ok(());
+    }
+    let reserved = &reserved;
+    with_db(ctx, shutdown, |mut c| async move {
+        quotas::release(&mut c, &reserved.quotas, reserved.at).await
+    })
+    .await
 }
 
 /// Suppressed and cancelled jobs get their final status; scheduled and
@@ -671,17 +801,14 @@ async fn apply_hold(
     };
     tracing::info!(status, %detail, "not sent");
     let reason = detail["reason"].as_str().map(str::to_string);
-    record_unsent(
-        ctx,
-        job,
+    let unsent = Unsent {
         status,
-        reason.as_deref(),
-        status,
+        last_error: reason.as_deref(),
+        label: status,
         detail,
-        None,
-        shutdown,
-    )
-    .await?;
+        dead_letter_reason: None,
+    };
+    record_unsent(ctx, job, unsent, shutdown).await?;
     Ok(if status == "suppressed" {
         Outcome::Suppressed
     } else {
@@ -759,6 +886,9 @@ async fn record_delivery(
                 // Policy time (the injected clock) of the provider call.
                 "at": delivery.called_at,
             });
+            if let Some(slot) = delivery.rate_slot {
+                detail["rate_slot"] = json!(slot);
+            }
             if accepted.provider_message_id.is_none() {
                 detail["warning"] =
                     json!("the provider accepted the message but its id could not be read");
@@ -902,17 +1032,14 @@ async fn record_unroutable(
         .await?;
     }
     let detail = json!({"code": code, "message": error.to_string()});
-    record_unsent(
-        ctx,
-        job,
-        "failed",
-        Some(&reason),
-        code,
+    let unsent = Unsent {
+        status: "failed",
+        last_error: Some(&reason),
+        label: code,
         detail,
-        None,
-        shutdown,
-    )
-    .await?;
+        dead_letter_reason: None,
+    };
+    record_unsent(ctx, job, unsent, shutdown).await?;
     Ok(Outcome::Failed {
         dead_letter: None,
         reason,
@@ -935,17 +1062,14 @@ async fn give_up_on_lost_deliveries(
     );
     tracing::error!(%reason, "poison job");
     let detail = json!({"code": "attempts_exhausted", "attempts": attempts, "message": reason});
-    record_unsent(
-        ctx,
-        job,
-        "failed",
-        Some(&reason),
-        "failed",
+    let unsent = Unsent {
+        status: "failed",
+        last_error: Some(&reason),
+        label: "failed",
         detail,
-        Some(&reason),
-        shutdown,
-    )
-    .await?;
+        dead_letter_reason: Some(&reason),
+    };
+    record_unsent(ctx, job, unsent, shutdown).await?;
     Ok(Outcome::Failed {
         dead_letter: Some(job.id),
         reason,
@@ -969,16 +1093,30 @@ pub async fn dead_letter_delivered(ctx: &WorkerContext, id: Uuid) {
 
 /// Records the final status of a job that reached no provider (suppressed,
 /// cancelled, unroutable) with its one event, and counts it under `label`.
+/// The final status of a job that reached no provider, with its one event.
+struct Unsent<'a> {
+    status: &'static str,
+    last_error: Option<&'a str>,
+    /// The metrics outcome label.
+    label: &'a str,
+    detail: serde_json::Value,
+    /// Set when the job must also be dead-lettered.
+    dead_letter_reason: Option<&'a str>,
+}
+
 async fn record_unsent(
     ctx: &WorkerContext,
     job: &SendJob,
-    status: &'static str,
-    last_error: Option<&str>,
-    label: &str,
-    detail: serde_json::Value,
-    dead_letter_reason: Option<&str>,
+    unsent: Unsent<'_>,
     shutdown: &CancellationToken,
 ) -> Result<(), Stop> {
+    let Unsent {
+        status,
+        last_error,
+        label,
+        detail,
+        dead_letter_reason,
+    } = unsent;
     let record = messages::Outcome {
         status,
         route: None,

@@ -18,7 +18,6 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::policy::circuit::Circuits;
-use crate::policy::rate_limit::PerSecondLimits;
 use crate::providers::{Registry, http_client};
 use crate::routing::Router;
 use crate::store::StoreError;
@@ -37,7 +36,6 @@ pub struct WorkerContext {
     pub metrics: Metrics,
     /// Policy time (quiet hours, send_at, limits, circuits, due jobs).
     pub clock: Arc<dyn Clock>,
-    pub limits: PerSecondLimits,
     pub circuits: Circuits,
     /// Claims and outcomes of concurrent jobs, written a batch per statement.
     pub claims: Batcher<ClaimOp>,
@@ -94,7 +92,6 @@ impl WorkerContext {
             liveness,
             liveness_stop,
             outcomes,
-            limits: PerSecondLimits::new(clock.clone(), settings.rate_wait_max),
             circuits: Circuits::new(
                 clock.clone(),
                 settings.circuit_threshold,

@@ -1,7 +1,7 @@
 //! Shared test harness: a fresh Postgres database and a fresh RabbitMQ vhost
 //! per test, settings built without touching the process environment, an
 //! in-process worker, and checks of provider requests against the official
-//! OpenAPI specs in `../shared/specs`.
+//! OpenAPI specs in `tests/specs` (copies, with their licences).
 #![allow(dead_code)]
 
 pub mod proxy;
@@ -453,11 +453,16 @@ pub fn job_id(job: &serde_json::Value) -> Uuid {
     Uuid::parse_str(job["id"].as_str().unwrap()).unwrap()
 }
 
-/// The official OpenAPI files in `../shared/specs`.
+/// An official OpenAPI file: the copy in `tests/specs` (with its licence in
+/// `tests/specs/LICENSES.md`), else `../shared/specs`.
 pub fn spec(file: &str) -> serde_json::Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/specs")
-        .join(file);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ours = root.join("tests/specs").join(file);
+    let path = if ours.exists() {
+        ours
+    } else {
+        root.join("../shared/specs").join(file)
+    };
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
@@ -575,4 +580,16 @@ pub async fn count(env: &Env, sql: &str) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// A mock of Twilio's CreateMessage that matches only the request Twilio
+/// would accept from this account: the path, HTTP basic auth with its auth
+/// token, and a form body. Anything else gets wiremock's 404, and the test
+/// sees the job fail.
+pub fn twilio_create_message(sid: &str, token: &str) -> wiremock::MockBuilder {
+    use wiremock::matchers::{header, method, path};
+    wiremock::Mock::given(method("POST"))
+        .and(path(format!("/2010-04-01/Accounts/{sid}/Messages.json")))
+        .and(header("authorization", basic_auth(sid, token).as_str()))
+        .and(header("content-type", "application/x-www-form-urlencoded"))
 }
