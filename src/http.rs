@@ -97,6 +97,7 @@ pub fn router(state: HttpState) -> Router {
             "/webhooks/postmark/{owner}",
             post(crate::webhooks::postmark::postmark_webhook),
         )
+        .merge(crate::webhooks::messaging::routes())
         .with_state(state)
         .nest("/v1", api)
 }

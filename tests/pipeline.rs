@@ -632,6 +632,13 @@ async fn whatsapp_through_twilio_uses_whatsapp_addresses_and_content_templates()
         json!({"account_sid": SID_A, "auth_token": "token-a", "whatsapp_number": "+14155550100"}),
     )
     .await;
+    // WhatsApp's 24-hour rule: free-form text goes only after the recipient
+    // wrote (tests/messaging_providers.rs tests the rule itself).
+    let client = env.db.client().await;
+    let now = chrono::Utc::now();
+    switchboard::store::whatsapp_windows::touch(&client, Some("agent-w"), "+14155550123", now)
+        .await
+        .unwrap();
     let worker = env.start_worker();
     let publisher = env.publisher().await;
     let mut text = sms_job("agent-w", "+14155550123");

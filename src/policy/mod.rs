@@ -9,6 +9,7 @@
 pub mod circuit;
 mod country_zones;
 pub mod quiet_hours;
+pub mod whatsapp_window;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;

@@ -33,6 +33,10 @@ pub struct ProviderError {
     /// 5xx from a gateway in front of it). Retrying such a failure can send
     /// the message twice unless the provider deduplicates on our key.
     pub maybe_sent: bool,
+    /// The provider refused the account's credentials (Meta 190: a bad or
+    /// expired access token): no message can go until the agent reconnects,
+    /// so the worker marks the integration unverified with this error.
+    pub credentials_refused: bool,
 }
 
 impl ProviderError {
@@ -45,6 +49,7 @@ impl ProviderError {
             retry_after: None,
             recipient_opted_out: false,
             maybe_sent: false,
+            credentials_refused: false,
         }
     }
 
@@ -68,6 +73,7 @@ impl ProviderError {
             retry_after: None,
             recipient_opted_out: false,
             maybe_sent: false,
+            credentials_refused: false,
         }
     }
 
@@ -97,6 +103,7 @@ impl ProviderError {
             // down for maintenance); 500, 502 and 504 can come after the
             // provider (or the gateway before it) acted on it.
             maybe_sent: status >= 500 && status != 503,
+            credentials_refused: false,
         }
     }
 

@@ -10,16 +10,21 @@
 //! Adding a provider is one new file (or folder, with its webhook parsing)
 //! and one line in [`Registry::new`].
 
+pub mod africastalking;
 mod email;
 mod error;
 mod http;
 pub mod mailgun;
+pub mod meta;
 pub mod postmark;
 mod resend;
+pub mod segments;
 pub mod sendgrid;
 mod settings;
 mod simulation;
 mod twilio;
+pub mod vapi;
+mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +34,7 @@ use async_trait::async_trait;
 pub use error::{ErrorKind, ProviderError};
 pub use settings::{ProviderSettings, SettingSpec, SplitSettings, mask_secret, split_settings};
 pub use simulation::{NAME as SIMULATION, Simulation};
+pub use verify::same_secret;
 
 use crate::config::ProviderUrls;
 use crate::domain::{Channel, SendJob};
@@ -106,6 +112,12 @@ impl Registry {
             Arc::new(sendgrid::SendGrid::new(http.clone(), &urls.sendgrid)),
             Arc::new(mailgun::Mailgun::new(http.clone(), &urls.mailgun)),
             Arc::new(postmark::Postmark::new(http.clone(), &urls.postmark)),
+            Arc::new(africastalking::AfricasTalking::new(
+                http.clone(),
+                &urls.africastalking,
+            )),
+            Arc::new(meta::Meta::new(http.clone(), &urls.whatsapp)),
+            Arc::new(vapi::Vapi::new(http.clone(), &urls.vapi)),
         ];
         Self {
             providers: all.into_iter().map(|p| (p.name(), p)).collect(),

@@ -178,3 +178,22 @@ pub async fn set_last_error(
         .await?;
     Ok(())
 }
+
+/// The provider refused the integration's credentials: it is unverified
+/// again, with the provider's words, until the agent reconnects it.
+pub async fn mark_unverified(
+    client: &impl GenericClient,
+    id: Uuid,
+    error: &str,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE integrations
+                SET verification_status = 'unverified', verified_at = NULL,
+                    last_error = $2, updated_at = now()
+              WHERE id = $1",
+            &[&id, &error],
+        )
+        .await?;
+    Ok(())
+}

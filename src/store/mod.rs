@@ -17,6 +17,7 @@ pub mod quotas;
 pub mod rate_slots;
 pub mod scheduled;
 pub mod webhook_tokens;
+pub mod whatsapp_windows;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{Channel, EmailAddress, PhoneNumber, mask};
 use crate::store::messages::{StatusMove, record_account_event};
 use crate::store::provider_events::{self as store, Account, NewDelivery, Report};
-use crate::store::{StoreError, opt_outs};
+use crate::store::{StoreError, opt_outs, whatsapp_windows};
 
 /// How long a report for a message we cannot find is retried. Long enough
 /// for an outcome write held up by a database outage (the worker keeps
@@ -57,6 +57,21 @@ pub enum Keyword {
 }
 
 impl Keyword {
+    /// The keyword a reply is, if it is one: the carriers' and Twilio's
+    /// default opt-out and opt-in words, case and spacing ignored.
+    pub fn from_reply(text: &str) -> Option<Keyword> {
+        const STOP: [&str; 6] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"];
+        const START: [&str; 3] = ["START", "YES", "UNSTOP"];
+        let word = text.trim().to_ascii_uppercase();
+        if STOP.contains(&word.as_str()) {
+            Some(Keyword::Stop)
+        } else if START.contains(&word.as_str()) {
+            Some(Keyword::Start)
+        } else {
+            None
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Keyword::Stop => "stop",
@@ -90,6 +105,19 @@ pub enum ProviderEvent {
         from: PhoneNumber,
         keyword: Option<Keyword>,
     },
+    /// The provider reported, after the send, that a number must not be
+    /// written to again (Meta 131026 undeliverable, Africa's Talking
+    /// `UserInBlacklist`): an opt-out of the account's agent. Filed like a
+    /// reply from that person (`from`): kept for good, and applied in order
+    /// with their replies.
+    PhoneOptOut {
+        channel: Channel,
+        from: PhoneNumber,
+        /// One of `opt_outs::REASONS`, e.g. `provider_rejected`.
+        reason: String,
+        /// `opt_outs.source`, e.g. `meta:131026`.
+        source: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,7 +133,8 @@ impl ProviderEvent {
     fn kind(&self) -> &'static str {
         match self {
             ProviderEvent::Status { .. } => "status",
-            ProviderEvent::Inbound { .. } => "inbound",
+            // Inbound rows are kept for good and ordered per person.
+            ProviderEvent::Inbound { .. } | ProviderEvent::PhoneOptOut { .. } => "inbound",
         }
     }
 }
@@ -158,7 +187,7 @@ pub async fn accept(pool: &Pool, delivery: Delivery<'_>) -> Result<Accepted, Sto
             provider_message_id,
             ..
         } => Some(provider_message_id.as_str()),
-        ProviderEvent::Inbound { .. } => None,
+        ProviderEvent::Inbound { .. } | ProviderEvent::PhoneOptOut { .. } => None,
     };
     let mut client = pool.get().await?;
     let new = NewDelivery {
@@ -241,9 +270,27 @@ pub async fn apply(client: &mut deadpool_postgres::Client, id: i64) -> Result<Ap
                 }
                 None => {}
             }
+            // Any message opens WhatsApp's 24-hour window (policy::whatsapp_window).
+            if channel == Channel::Whatsapp {
+                whatsapp_windows::touch(&tx, agent_id, address, row.received_at).await?;
+            }
             let detail = json!({"from": mask(address), "keyword": keyword.map(Keyword::as_str)});
             record_account_event(&tx, agent_id, channel, "received", &row.provider, &detail)
                 .await?;
+            store::finish(&tx, id).await?;
+            Applied::Done
+        }
+        ProviderEvent::PhoneOptOut {
+            channel,
+            from,
+            reason,
+            source,
+        } => {
+            let address = from.as_str();
+            if store::earlier_reply_pending(&tx, &row, address).await? {
+                return Ok(Applied::Waiting);
+            }
+            opt_outs::add_in(&tx, agent_id, channel, address, &reason, Some(&source)).await?;
             store::finish(&tx, id).await?;
             Applied::Done
         }
@@ -382,10 +429,19 @@ mod tests {
                 from: PhoneNumber::parse("+14155550123").unwrap(),
                 keyword: Some(Keyword::Stop),
             },
+            ProviderEvent::PhoneOptOut {
+                channel: Channel::Whatsapp,
+                from: PhoneNumber::parse("+14155550123").unwrap(),
+                reason: "provider_rejected".into(),
+                source: "meta:131026".into(),
+            },
         ];
         for e in events {
             let v = serde_json::to_value(&e).unwrap();
-            assert_eq!(v["kind"], e.kind());
+            // The serde tag names the variant; the inbox's `kind` column
+            // files a provider's opt-out with the person's replies.
+            let tag = v["kind"].as_str().unwrap();
+            assert_eq!(tag.replace("phone_opt_out", "inbound"), e.kind());
             assert_eq!(serde_json::from_value::<ProviderEvent>(v).unwrap(), e);
         }
     }

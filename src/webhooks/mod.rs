@@ -9,10 +9,13 @@
 //! we answer and applies it scoped to the account it came in on.
 //! Built so far: Twilio (status callbacks, STOP / START replies), Resend,
 //! SendGrid, Mailgun and Postmark (delivery, bounces, complaints, opens,
-//! clicks; one file each here, verification and parsing beside the adapter). Secrets are never logged.
+//! clicks; one file each here, verification and parsing beside the adapter);
+//! Meta WhatsApp, VAPI and Africa's Talking in [`messaging`]. Secrets are
+//! never logged.
 
 pub mod inbox;
 pub mod mailgun;
+pub mod messaging;
 pub mod postmark;
 pub mod resend;
 pub mod sendgrid;

@@ -164,6 +164,11 @@ async fn process_inner(
         Ok(route) => route,
         Err(e) => return record_unroutable(ctx, &job, e, shutdown).await,
     };
+    let job = match whatsapp_window(ctx, &job, &route, now, shutdown).await? {
+        Ok(None) => job,
+        Ok(Some(fallback)) => fallback,
+        Err(refused) => return Ok(refused),
+    };
 
     let admitted = match check_limits(ctx, &job, &agent, &route, &signals.stop).await? {
         Ok(admitted) => admitted,
@@ -201,6 +206,51 @@ async fn process_inner(
         return park_job(ctx, &job, Some(&route), park, attempted, shutdown).await;
     }
     record_delivery(ctx, &job, &route, delivery, shutdown).await
+}
+
+/// WhatsApp's 24-hour rule, after routing and before any provider call
+/// ([`crate::policy::whatsapp_window`]): `Ok(None)` sends the job as it is,
+/// `Ok(Some(job))` sends its fallback template instead, `Err(outcome)` is a
+/// refusal, already recorded as `failed`.
+async fn whatsapp_window(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    route: &ResolvedRoute,
+    now: DateTime<Utc>,
+    shutdown: &CancellationToken,
+) -> Result<Result<Option<SendJob>, Outcome>, Stop> {
+    use crate::policy::whatsapp_window::{Decision, decide, needs_window};
+    // The simulation sends nothing and never hears a reply, so it has no
+    // window to keep.
+    if route.route == Route::Simulation || !needs_window(job) {
+        return Ok(Ok(None));
+    }
+    let last = with_db(ctx, shutdown, |c| async move {
+        crate::store::whatsapp_windows::last_inbound(&c, &job.agent_id, job.recipient.as_str())
+            .await
+    })
+    .await?;
+    match decide(job, last, now) {
+        Decision::AsIs => Ok(Ok(None)),
+        Decision::Fallback(template_job) => Ok(Ok(Some(*template_job))),
+        Decision::Refuse(reason) => {
+            tracing::info!(%reason, "not sent");
+            let detail = json!({"code": "outside_whatsapp_window", "message": reason,
+                                "last_inbound_at": last, "provider": route.provider.name()});
+            let unsent = Unsent {
+                status: "failed",
+                last_error: Some(&reason),
+                label: "failed",
+                detail,
+                dead_letter_reason: None,
+            };
+            record_unsent(ctx, job, unsent, shutdown).await?;
+            Ok(Err(Outcome::Failed {
+                dead_letter: None,
+                reason,
+            }))
+        }
+    }
 }
 
 /// What claiming decided.
@@ -888,6 +938,14 @@ async fn record_delivery(
             tracing::warn!(error = %error, recipient = %job.recipient.masked(), "provider refused the message");
             if error.recipient_opted_out {
                 opted_out_at_provider(ctx, job, provider, error, shutdown).await?;
+            }
+            if let (true, Some(id)) = (error.credentials_refused, route.integration_id) {
+                let msg = error.to_string();
+                with_db(ctx, shutdown, |c| {
+                    let msg = msg.clone();
+                    async move { crate::store::integrations::mark_unverified(&c, id, &msg).await }
+                })
+                .await?;
             }
             (
                 "failed",
