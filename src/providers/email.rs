@@ -7,6 +7,27 @@
 
 use super::{ProviderError, ProviderSettings};
 
+/// What one email provider's webhook event means for switchboard: the same
+/// for SendGrid, Mailgun and Postmark once each has parsed its own format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailNotice {
+    /// The event's own id (SendGrid `sg_event_id`, Mailgun `event-data.id`,
+    /// Postmark's record id), the same on the provider's retries: the
+    /// inbox de-duplicates on it.
+    pub event_id: String,
+    /// The provider's id of the message, as the send stored it.
+    pub message_id: String,
+    /// Our event name.
+    pub event: &'static str,
+    /// The recipient the event is about.
+    pub recipient: Option<String>,
+    /// The opt-out this event implies.
+    pub opt_out: Option<&'static str>,
+    /// Recorded as the message's `last_error` when it moves.
+    pub error: Option<String>,
+    pub detail: serde_json::Value,
+}
+
 /// A sender: address, and display name when there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mailbox {

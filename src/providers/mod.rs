@@ -11,7 +11,7 @@
 //! and one line in [`Registry::new`].
 
 pub mod africastalking;
-mod email;
+pub mod email;
 mod error;
 mod http;
 pub mod mailgun;

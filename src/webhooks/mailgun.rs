@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::inbox::Delivery;
-use super::{account_secret, count, email_status, refuse, store};
+use super::{account_secret, count, email_event, refuse, store};
 use crate::http::HttpState;
 use crate::providers::mailgun::{NAME, webhook};
 use crate::store::webhook_tokens;
@@ -79,21 +79,12 @@ pub async fn mailgun_webhook(
         count(&state, NAME, "ignored");
         return StatusCode::OK.into_response();
     };
-    let n = notice;
-    let event = email_status(
-        NAME,
-        n.message_id,
-        n.event,
-        n.recipient.as_deref(),
-        n.opt_out,
-        n.error,
-        n.detail,
-    );
+    let (event_id, event) = email_event(NAME, notice);
     let delivery = Delivery {
         provider: NAME,
         account: account.account,
         agent_id: account.agent_id.as_deref(),
-        delivery_id: &n.event_id,
+        delivery_id: &event_id,
         event,
     };
     if let Err(response) = store(&state, delivery).await {

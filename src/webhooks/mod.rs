@@ -196,32 +196,28 @@ async fn store(state: &HttpState, delivery: Delivery<'_>) -> Result<(), Response
     Ok(())
 }
 
-/// An email provider's report as the inbox stores it; `opt_out` applies to
-/// `recipient` when it is a valid address.
-fn email_status(
-    provider: &str,
-    message_id: String,
-    event: &str,
-    recipient: Option<&str>,
-    opt_out: Option<&str>,
-    error: Option<String>,
-    detail: serde_json::Value,
-) -> ProviderEvent {
-    let opt_out = opt_out.map(|reason| EmailOptOut {
+/// An email provider's event as the inbox takes it: the event's own id
+/// (the de-duplication key) and the status report, with the opt-out it
+/// implies for its recipient.
+fn email_event(provider: &str, n: crate::providers::email::EmailNotice) -> (String, ProviderEvent) {
+    let opt_out = n.opt_out.map(|reason| EmailOptOut {
         reason: reason.to_string(),
-        addresses: recipient
+        addresses: n
+            .recipient
+            .as_deref()
             .and_then(|e| EmailAddress::parse(e).ok())
             .into_iter()
             .collect(),
         source: format!("{provider}:webhook"),
     });
-    ProviderEvent::Status {
-        provider_message_id: message_id,
-        event: event.to_string(),
-        error,
-        detail,
+    let event = ProviderEvent::Status {
+        provider_message_id: n.message_id,
+        event: n.event.to_string(),
+        error: n.error,
+        detail: n.detail,
         opt_out,
-    }
+    };
+    (n.event_id, event)
 }
 
 /// `POST /webhooks/twilio/{integration_id|platform}`

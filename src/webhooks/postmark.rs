@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::inbox::Delivery;
-use super::{account_secret, count, email_status, refuse, store};
+use super::{account_secret, count, email_event, refuse, store};
 use crate::http::HttpState;
 use crate::providers::postmark::{NAME, webhook};
 
@@ -45,21 +45,12 @@ pub async fn postmark_webhook(
         count(&state, NAME, "ignored");
         return StatusCode::OK.into_response();
     };
-    let n = notice;
-    let event = email_status(
-        NAME,
-        n.message_id,
-        n.event,
-        n.recipient.as_deref(),
-        n.opt_out,
-        n.error,
-        n.detail,
-    );
+    let (event_id, event) = email_event(NAME, notice);
     let delivery = Delivery {
         provider: NAME,
         account: account.account,
         agent_id: account.agent_id.as_deref(),
-        delivery_id: &n.delivery_id,
+        delivery_id: &event_id,
         event,
     };
     if let Err(response) = store(&state, delivery).await {

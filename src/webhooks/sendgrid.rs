@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
 
 use super::inbox::Delivery;
-use super::{account_secret, count, email_status, refuse, store};
+use super::{account_secret, count, email_event, refuse, store};
 use crate::http::HttpState;
 use crate::providers::sendgrid::{NAME, webhook};
 
@@ -74,20 +74,12 @@ pub async fn sendgrid_webhook(
     // refused, and SendGrid's retry brings the stored ones again as
     // duplicates, which the inbox drops.
     for n in notices {
-        let event = email_status(
-            NAME,
-            n.message_id,
-            n.event,
-            n.email.as_deref(),
-            n.opt_out,
-            n.error,
-            n.detail,
-        );
+        let (event_id, event) = email_event(NAME, n);
         let delivery = Delivery {
             provider: NAME,
             account: account.account,
             agent_id: account.agent_id.as_deref(),
-            delivery_id: &n.event_id,
+            delivery_id: &event_id,
             event,
         };
         if let Err(response) = store(&state, delivery).await {

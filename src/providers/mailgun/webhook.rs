@@ -85,19 +85,8 @@ fn sign(key: &str, timestamp: &str, token: &str) -> String {
     hex::encode(mac(key, timestamp, token).unwrap().finalize().into_bytes())
 }
 
-/// What one Mailgun event means for switchboard.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Notice {
-    /// `event-data.id`: the event's own id, the same on Mailgun's retries.
-    pub event_id: String,
-    /// `event-data.message.headers.message-id`, without `<>`.
-    pub message_id: String,
-    pub event: &'static str,
-    pub recipient: Option<String>,
-    pub opt_out: Option<&'static str>,
-    pub error: Option<String>,
-    pub detail: Value,
-}
+/// What one event means for switchboard (shared by the email providers).
+pub use crate::providers::email::EmailNotice as Notice;
 
 pub fn parse(event_data: &Value) -> Option<Notice> {
     let text = |p: &str| event_data.pointer(p).and_then(Value::as_str);

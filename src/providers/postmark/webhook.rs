@@ -34,16 +34,8 @@ pub fn authorized(password: &str, authorization: &str) -> bool {
         == 0
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Notice {
-    pub delivery_id: String,
-    pub message_id: String,
-    pub event: &'static str,
-    pub recipient: Option<String>,
-    pub opt_out: Option<&'static str>,
-    pub error: Option<String>,
-    pub detail: Value,
-}
+/// What one event means for switchboard (shared by the email providers).
+pub use crate::providers::email::EmailNotice as Notice;
 
 pub fn parse(body: &[u8]) -> Option<Notice> {
     let v: Value = serde_json::from_slice(body).ok()?;
@@ -119,7 +111,7 @@ pub fn parse(body: &[u8]) -> Option<Notice> {
         }
     }
     Some(Notice {
-        delivery_id,
+        event_id: delivery_id,
         message_id,
         event,
         recipient: recipient.map(str::to_string),

@@ -79,22 +79,8 @@ pub fn verify(
     if fresh { Ok(()) } else { Err(Invalid::Stale) }
 }
 
-/// What one SendGrid event means for switchboard.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Notice {
-    /// `sg_event_id`: unique per event, the same on SendGrid's retries.
-    pub event_id: String,
-    /// The `X-Message-Id` the send returned, which we stored.
-    pub message_id: String,
-    /// Our event name.
-    pub event: &'static str,
-    pub email: Option<String>,
-    /// The opt-out this event implies.
-    pub opt_out: Option<&'static str>,
-    /// Recorded as the message's `last_error` when it moves.
-    pub error: Option<String>,
-    pub detail: Value,
-}
+/// What one event means for switchboard (shared by the email providers).
+pub use crate::providers::email::EmailNotice as Notice;
 
 /// `sg_message_id` is the `X-Message-Id` of the send followed by
 /// `.filter…` (or `.recvd…`) naming the machine that handled it.
@@ -171,7 +157,7 @@ fn notice(e: &Value) -> Option<Notice> {
         event_id,
         message_id,
         event,
-        email: text("email").map(str::to_string),
+        recipient: text("email").map(str::to_string),
         opt_out,
         error,
         detail,
@@ -283,7 +269,7 @@ mod tests {
             "ZHJvcC0xMDk5NDkxOS1MUnpYbF9OSFN0T0doUTRrb2ZTbV9BLTA"
         );
         assert_eq!((n.event, n.opt_out), ("failed", Some("hard_bounce")));
-        assert_eq!(n.email.as_deref(), Some("hello@world.com"));
+        assert_eq!(n.recipient.as_deref(), Some("hello@world.com"));
         assert_eq!(
             n.error.as_deref(),
             Some("sendgrid dropped: Bounced Address")
