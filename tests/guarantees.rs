@@ -404,7 +404,14 @@ async fn a_redelivered_job_that_still_owes_its_dead_letter_is_dead_lettered_agai
     env.set("SWITCHBOARD_RESEND_BASE_URL", server.uri())
         .set("RESEND_API_KEY", "re_platform_key")
         .set("EMAIL_FROM", "noreply@realty.test")
-        // Fewer attempts only to keep the test short; the path is the same.
+        // Why not the default 5: this test needs a job that ends `failed`
+        // with a dead letter, and at the defaults one job against a down
+        // account cannot get there: its 5th failure is also the breaker's
+        // 5th (threshold 5), so it is deferred instead (tested at the
+        // defaults in tests/policy.rs,
+        // `the_job_that_opens_the_circuit_is_deferred_not_failed_at_the_defaults`).
+        // What is tested here, the debt on the row and the redelivered copy,
+        // does not depend on how many attempts came before it.
         .set("SWITCHBOARD_MAX_ATTEMPTS", "2");
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(503).set_body_json(

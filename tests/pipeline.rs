@@ -438,7 +438,12 @@ async fn transient_failures_that_never_end_fail_and_are_dead_lettered() {
     let mut env = Env::new().await;
     platform_twilio(&mut env, &server);
     // A 5xx from Twilio may have sent the message; only an operator's
-    // at-least-once choice makes switchboard retry it.
+    // at-least-once choice makes switchboard retry it. Not the default 5
+    // attempts: at the defaults the 5th failure of a lone job also opens the
+    // account's circuit (threshold 5) and defers it, so "retries exhausted"
+    // needs fewer attempts than the threshold; that is what this setting
+    // does, and the count it asserts follows from it. (The test env's short
+    // backoff only makes it quicker: retries are counted, not timed.)
     env.set("SWITCHBOARD_MAX_ATTEMPTS", "3")
         .set("SWITCHBOARD_AT_LEAST_ONCE", "twilio");
     Mock::given(method("POST"))

@@ -543,6 +543,12 @@ async fn a_long_retry_after_parks_the_job_instead_of_holding_a_slot() {
 async fn a_failing_account_opens_its_circuit_defers_jobs_and_closes_after_a_good_probe() {
     let server = MockServer::start().await;
     let mut env = policy_env(&server).await;
+    // Threshold 2 and prefetch 1 make the opening and the probe land on
+    // known jobs, so this test can follow one outage through to the closing
+    // probe with a manual clock. The defaults (threshold 5, prefetch 512)
+    // are tested in
+    // `the_job_that_opens_the_circuit_is_deferred_not_failed_at_the_defaults`
+    // and, across processes, in process.rs.
     env.set("SWITCHBOARD_CIRCUIT_THRESHOLD", "2")
         .set("SWITCHBOARD_CIRCUIT_COOLDOWN_MS", "30000")
         .set("SWITCHBOARD_MAX_ATTEMPTS", "5")
