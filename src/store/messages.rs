@@ -90,17 +90,6 @@ impl ClaimRow {
     }
 }
 
-/// Claims jobs: creates each message row (and agent row, on first use), or
-/// takes over one whose lease has lapsed, and reads what policy needs. One
-/// statement for the whole batch; ids must be unique within it.
-pub async fn claim_many(
-    client: &impl GenericClient,
-    rows: &[ClaimRow],
-    lease: std::time::Duration,
-) -> Result<Vec<Claim>, StoreError> {
-    run_claim(client, CLAIM_SQL, rows, lease).await
-}
-
 /// The claim statement. A row is claimable when its status allows it and
 /// nobody owns it: a `queued` row with an `owner` is owned exactly while
 /// that worker holds its advisory lock ([`super::liveness`]); one without
@@ -180,9 +169,12 @@ pub const CLAIM_SQL: &str = "
                  ON c.id IS NOT NULL AND g.agent_id = i.agent_id
                 AND g.channel = i.channel AND g.active";
 
-async fn run_claim(
+/// Claims jobs: creates each message row (and agent row, on first use), or
+/// takes over one nobody owns any more (see [`CLAIM_SQL`]), and reads what
+/// policy needs. One
+/// statement for the whole batch; ids must be unique within it.
+pub async fn claim_many(
     client: &impl GenericClient,
-    sql: &str,
     rows: &[ClaimRow],
     lease: std::time::Duration,
 ) -> Result<Vec<Claim>, StoreError> {
@@ -195,7 +187,7 @@ async fn run_claim(
     let steps: Vec<Option<i32>> = rows.iter().map(|r| r.step).collect();
     let jobs: Vec<&serde_json::Value> = rows.iter().map(|r| &r.job).collect();
     let owners: Vec<Option<i32>> = rows.iter().map(|r| r.owner).collect();
-    let statement = client.prepare_cached(sql).await?;
+    let statement = client.prepare_cached(CLAIM_SQL).await?;
     let result = client
         .query(
             &statement,
