@@ -92,6 +92,22 @@ pub trait Provider: Send + Sync + 'static {
     /// Sends one message. One request, no retries.
     async fn send(&self, request: &SendRequest<'_>) -> Result<Accepted, ProviderError>;
 
+    /// The provider's cheapest authenticated read (SendGrid `GET /v3/scopes`,
+    /// Twilio `GET /Accounts/{sid}.json`…), run by `integrations test` and
+    /// `POST …/test`: proves the credentials work without sending anything.
+    /// `Ok` carries a short description of what answered (an account or
+    /// domain name, never a secret).
+    async fn check_connection(
+        &self,
+        _channel: Channel,
+        _settings: &ProviderSettings,
+    ) -> Result<String, ProviderError> {
+        Err(ProviderError::misconfigured(format!(
+            "{} has no connection test",
+            self.name()
+        )))
+    }
+
     fn serves(&self, channel: Channel) -> bool {
         !self.settings(channel).is_empty()
     }
