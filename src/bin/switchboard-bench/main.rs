@@ -2,15 +2,16 @@
 //! against what ceiling.
 //!
 //! ```text
-//! cargo run --release --bin switchboard-bench -- --jobs 20000 --agents 100 --latency-ms 100 [--rate 1000]
+//! cargo run --release --bin switchboard-bench -- --jobs 20000 --agents 100 --latency-ms 100 \
+//!     [--rate 1000] [--mix pure|realistic] [--worker-env KEY=VALUE]…
 //! ```
 //!
-//! In one run it (1) starts a local mock provider (Twilio- and Resend-shaped)
-//! answering after `--latency-ms`; (2) measures the raw RabbitMQ ceiling:
+//! In one run it (1) starts a local mock provider (Twilio-, Resend-,
+//! SendGrid-, Mailgun- and Postmark-shaped) answering after `--latency-ms`; (2) measures the raw RabbitMQ ceiling:
 //! publish → consume → ack of the same number of messages of the same size,
-//! with no work; (3) publishes the jobs over `--agents` agents (half with
-//! their own integration, half on the platform account; SMS and email
-//! mixed), runs the real worker in a child process, and waits until every
+//! with no work; (3) publishes the jobs of `--mix` (`mix.rs`) over
+//! `--agents` agents (half with their own integration, half on the platform
+//! account; SMS and email mixed), runs the real worker in a child process, and waits until every
 //! job is recorded in Postgres; (4) prints one JSON line. It makes its own
 //! database and vhost and removes them, so it can run beside a running
 //! switchboard.
@@ -18,7 +19,7 @@
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -31,6 +32,12 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use serde_json::json;
 use uuid::Uuid;
+
+mod mix;
+mod mock;
+
+use mix::Mix;
+use mock::MockProvider;
 
 #[derive(Parser, Debug)]
 #[command(about = "Measures switchboard's throughput and latency against the raw AMQP ceiling")]
@@ -65,9 +72,25 @@ struct Args {
     /// Leave agent rows to be created by their first job (measures first use).
     #[arg(long)]
     new_agents: bool,
+    /// What the jobs are: `pure` (transactional, no limits: the bare path)
+    /// or `realistic` (marketing in recipients' zones, limits, suppression
+    /// hits, five providers, 1 % transient errors).
+    #[arg(long, value_enum, default_value_t = Mix::Pure)]
+    mix: Mix,
+    /// A worker environment variable, `KEY=VALUE` (repeatable), to compare
+    /// settings. The worker otherwise starts with only the benchmark's own
+    /// wiring, whatever the calling shell exports.
+    #[arg(long = "worker-env", value_parser = key_value)]
+    worker_env: Vec<(String, String)>,
     /// Internal: run as the worker child process.
     #[arg(long, hide = true)]
     worker_child: bool,
+}
+
+fn key_value(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{raw}` is not KEY=VALUE"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,8 +129,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
 }
 
 async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
-    let provider = mock_provider(Duration::from_millis(args.latency_ms)).await?;
-    let jobs = make_jobs(args);
+    let fail_every = match args.mix {
+        Mix::Pure => 0,
+        Mix::Realistic => 100,
+    };
+    let provider = mock::start(Duration::from_millis(args.latency_ms), fail_every).await?;
+    let jobs = mix::make_jobs(args.mix, args.jobs, args.agents, Utc::now());
     let body_size = jobs[0].to_string().len();
 
     let rabbitmq = rabbitmq_pid();
@@ -143,7 +170,24 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
     let backlog_machine_cpu_s = machine_cpu() - backlog_machine_before;
     eprintln!("raw AMQP ceiling with the queue backed up: {backlog_ceiling:.0} msgs/s");
 
-    connect_integrations(args, env, &provider).await?;
+    {
+        let settings = settings_for(env, &provider, args)?;
+        let pool = switchboard::store::pool(&env.db_url, 4)?;
+        let registry = switchboard::providers::Registry::new(
+            switchboard::providers::http_client(settings.provider_timeout),
+            &settings.provider_urls,
+        );
+        let keyring = settings.keyring.as_ref().context("bench key")?;
+        mix::prepare_agents(
+            args.mix,
+            args.agents,
+            &pool,
+            keyring,
+            &registry,
+            !args.new_agents,
+        )
+        .await?;
+    }
     let pool = switchboard::store::pool(&env.db_url, 2)?;
     let client = pool.get().await?;
     let commits_before = commits(&client).await?;
@@ -170,7 +214,8 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
     loop {
         let done: i64 = client
             .query_one(
-                "SELECT count(*) FROM outbound_messages WHERE status IN ('sent', 'failed')",
+                "SELECT count(*) FROM outbound_messages
+                  WHERE status NOT IN ('queued', 'scheduled', 'deferred')",
                 &[],
             )
             .await?
@@ -233,10 +278,11 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
     let rows = client
         .query("SELECT id, status, updated_at FROM outbound_messages", &[])
         .await?;
-    let failed = rows
-        .iter()
-        .filter(|r| r.get::<_, String>(1) != "sent")
-        .count();
+    let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in &rows {
+        *outcomes.entry(r.get::<_, String>(1)).or_default() += 1;
+    }
+    let failed = outcomes.get("failed").copied().unwrap_or(0);
     let mut latencies: Vec<f64> = Vec::with_capacity(rows.len());
     let mut last_recorded = *published_at.values().next().context("no jobs")?;
     for r in &rows {
@@ -256,6 +302,7 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
     let msgs_per_s = jobs.len() as f64 / elapsed;
     let served = provider.served.load(Ordering::Relaxed);
     Ok(json!({
+        "mix": format!("{:?}", args.mix).to_lowercase(),
         "jobs": jobs.len(),
         "agents": args.agents,
         "latency_ms": args.latency_ms,
@@ -296,6 +343,7 @@ async fn run(args: &Args, env: &BenchEnv) -> anyhow::Result<serde_json::Value> {
         "amqp_backlog_ceiling_rabbitmq_cpu_us_per_msg": (backlog_rabbitmq_cpu_s * 1e6 / jobs.len() as f64).round(),
         "ratio_to_backlog_ceiling": (msgs_per_s / backlog_ceiling * 1000.0).round() / 1000.0,
         "failed": failed,
+        "outcomes": outcomes,
         "provider_requests": served,
     }))
 }
@@ -438,138 +486,21 @@ fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct MockProvider {
-    url: String,
-    served: Arc<AtomicU64>,
-}
-
-/// Answers Twilio's CreateMessage and Resend's send after `latency`.
-async fn mock_provider(latency: Duration) -> anyhow::Result<MockProvider> {
-    use axum::routing::post;
-    let served = Arc::new(AtomicU64::new(0));
-    let (s1, s2) = (served.clone(), served.clone());
-    let app = axum::Router::new()
-        .route(
-            "/2010-04-01/Accounts/{sid}/Messages.json",
-            post(move || {
-                let served = s1.clone();
-                async move {
-                    if !latency.is_zero() {
-                        tokio::time::sleep(latency).await;
-                    }
-                    let n = served.fetch_add(1, Ordering::Relaxed);
-                    (
-                        axum::http::StatusCode::CREATED,
-                        axum::Json(json!({"sid": format!("SM{n:032}"), "status": "queued"})),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/emails",
-            post(move || {
-                let served = s2.clone();
-                async move {
-                    if !latency.is_zero() {
-                        tokio::time::sleep(latency).await;
-                    }
-                    served.fetch_add(1, Ordering::Relaxed);
-                    axum::Json(json!({"id": Uuid::new_v4()}))
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(MockProvider { url, served })
-}
-
-fn agent(i: usize) -> String {
-    format!("bench-agent-{i}")
-}
-
-fn make_jobs(args: &Args) -> Vec<serde_json::Value> {
-    (0..args.jobs)
-        .map(|i| {
-            let a = agent(i % args.agents.max(1));
-            if i % 2 == 0 {
-                json!({"id": Uuid::new_v4(), "agent_id": a, "channel": "sms", "to": "+14155550123",
-                       "text": "Open house Saturday 10am at 12 Elm St. Reply STOP to opt out.",
-                       "category": "transactional", "campaign_id": "bench"})
-            } else {
-                json!({"id": Uuid::new_v4(), "agent_id": a, "channel": "email", "to": "buyer@example.com",
-                       "subject": "New listing near you", "text": "3 bed, 2 bath, garden.",
-                       "category": "transactional", "campaign_id": "bench"})
-            }
-        })
-        .collect()
-}
-
-/// Half of the agents bring their own accounts (SMS and email); the rest use
-/// the platform's.
-async fn connect_integrations(
-    args: &Args,
-    env: &BenchEnv,
-    provider: &MockProvider,
-) -> anyhow::Result<()> {
-    let settings = settings_for(env, provider, args)?;
-    let pool = switchboard::store::pool(&env.db_url, 4)?;
-    if !args.new_agents {
-        // A platform's agents exist before their jobs do: measure the steady
-        // state, not each agent's first-use row.
-        pool.get()
-            .await?
-            .execute(
-                "INSERT INTO agents (id) SELECT 'bench-agent-' || g FROM generate_series(0, $1 - 1) g
-                 ON CONFLICT DO NOTHING",
-                &[&(args.agents as i32)],
-            )
-            .await?;
-    }
-    let registry = switchboard::providers::Registry::new(
-        switchboard::providers::http_client(settings.provider_timeout),
-        &settings.provider_urls,
-    );
-    let keyring = settings.keyring.as_ref().context("bench key")?;
-    for i in (0..args.agents).step_by(2) {
-        let sid = format!("AC{i:032}");
-        switchboard::integrations::connect(
-            &pool,
-            keyring,
-            &registry,
-            &agent(i),
-            switchboard::domain::Channel::Sms,
-            "twilio",
-            &json!({"account_sid": sid, "auth_token": "bench-token", "phone_number": "+14155550100"}),
-        )
-        .await?;
-        switchboard::integrations::connect(
-            &pool,
-            keyring,
-            &registry,
-            &agent(i),
-            switchboard::domain::Channel::Email,
-            "resend",
-            &json!({"api_key": format!("re_bench_{i}"), "from_email": "agent@bench.test"}),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// The worker's environment: the benchmark's own wiring, over any other
-/// `SWITCHBOARD_*` tuning variable set where the benchmark runs (say
-/// `SWITCHBOARD_DB_BATCH_WAIT_MS=0`, to compare settings).
+/// The worker's environment: the benchmark's own wiring, plus only what
+/// `--worker-env` adds (the worker starts with a clean environment, so a
+/// `SWITCHBOARD_*` variable left in the calling shell cannot skew a run).
 fn worker_env(env: &BenchEnv, provider: &MockProvider, args: &Args) -> HashMap<String, String> {
     use base64::Engine;
     let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-    let tuning = std::env::vars().filter(|(k, _)| k.starts_with("SWITCHBOARD_"));
     let wiring = [
         ("DATABASE_URL", env.db_url.clone()),
         ("AMQP_URL", env.amqp_url.clone()),
         ("SWITCHBOARD_ENCRYPTION_KEY", key),
         ("SWITCHBOARD_TWILIO_BASE_URL", provider.url.clone()),
         ("SWITCHBOARD_RESEND_BASE_URL", provider.url.clone()),
+        ("SWITCHBOARD_SENDGRID_BASE_URL", provider.url.clone()),
+        ("SWITCHBOARD_MAILGUN_BASE_URL", provider.url.clone()),
+        ("SWITCHBOARD_POSTMARK_BASE_URL", provider.url.clone()),
         ("TWILIO_ACCOUNT_SID", PLATFORM_SID.into()),
         ("TWILIO_AUTH_TOKEN", "platform-token".into()),
         ("TWILIO_PHONE_NUMBER", "+14155550000".into()),
@@ -581,7 +512,7 @@ fn worker_env(env: &BenchEnv, provider: &MockProvider, args: &Args) -> HashMap<S
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v));
-    tuning.chain(wiring).collect()
+    wiring.chain(args.worker_env.iter().cloned()).collect()
 }
 
 fn settings_for(
