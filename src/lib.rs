@@ -15,6 +15,7 @@ pub mod domain;
 pub mod http;
 pub mod integrations;
 pub mod metrics;
+pub mod ops;
 pub mod policy;
 pub mod providers;
 pub mod routing;

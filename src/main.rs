@@ -57,6 +57,16 @@ enum Command {
         #[command(subcommand)]
         command: SequencesCli,
     },
+    /// List or replay the jobs in switchboard.dead.
+    DeadLetters {
+        #[command(subcommand)]
+        command: switchboard::ops::DeadLettersCli,
+    },
+    /// Send failed jobs again once their cause is fixed.
+    Messages {
+        #[command(subcommand)]
+        command: switchboard::ops::MessagesCli,
+    },
 }
 
 #[derive(Subcommand)]
@@ -323,5 +333,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", app::policy_command(&settings, command).await?);
             Ok(())
         }
+        Command::DeadLetters { command } => {
+            switchboard::ops::dead_letters(&settings, command).await
+        }
+        Command::Messages { command } => switchboard::ops::messages(&settings, command).await,
     }
 }
