@@ -274,7 +274,7 @@ pub fn hold(
             {
                 return Some(Hold::Window(WindowHold {
                     until,
-                    reason: *reason,
+                    reason,
                     zones,
                     source,
                 }));
