@@ -403,6 +403,9 @@ pub struct AgentChanges {
     pub timezone: Option<String>,
     /// `HH:MM-HH:MM`, the recipient-local window for marketing.
     pub send_window: Option<String>,
+    /// `HH:MM-HH:MM`, the recipient-local hours voice calls may ring, for
+    /// every category (default 08:00-21:00).
+    pub calling_hours: Option<String>,
     pub quiet_hours_email: Option<bool>,
     /// Per channel, like `{"sms": {"per_second": 2, "per_day": 500}}`.
     pub limits: Option<serde_json::Value>,
@@ -422,13 +425,18 @@ impl AgentChanges {
                 .map_err(|_| format!("`{tz}` is not an IANA time zone (like Europe/Paris)"))?;
             update.timezone = Some(tz);
         }
-        if let Some(window) = self.send_window {
+        let hours = |window: &str, what: &str| {
             let parse = |t: &str| chrono::NaiveTime::parse_from_str(t.trim(), "%H:%M");
-            let (start, end) = window
+            window
                 .split_once('-')
                 .and_then(|(s, e)| Some((parse(s).ok()?, parse(e).ok()?)))
-                .ok_or_else(|| "send window must look like 09:00-20:00".to_string())?;
-            update.send_window = Some((start, end));
+                .ok_or_else(|| format!("{what} must look like 09:00-20:00"))
+        };
+        if let Some(window) = self.send_window {
+            update.send_window = Some(hours(&window, "send window")?);
+        }
+        if let Some(window) = self.calling_hours {
+            update.calling_hours = Some(hours(&window, "calling_hours")?);
         }
         if let Some(email) = self.reply_email {
             update.reply_email = Some(crate::domain::EmailAddress::parse(&email)?.to_string());
@@ -453,6 +461,7 @@ pub async fn set_agent(settings: &Settings, a: AgentSettings) -> anyhow::Result<
         from_name: a.from_name,
         timezone: a.timezone,
         send_window: a.send_window,
+        calling_hours: None,
         quiet_hours_email: a.quiet_hours_email,
         limits,
     }

@@ -757,6 +757,13 @@ async fn mount_vapi(server: &MockServer) {
         .await;
 }
 
+/// Calls ring only inside calling hours in the recipient's zone (the job's
+/// +1 415 is Los Angeles): tests of what a call sends run at noon there.
+fn daytime_in_los_angeles() -> std::sync::Arc<switchboard::clock::ManualClock> {
+    let noon = "2026-01-15T20:00:00Z".parse().unwrap();
+    std::sync::Arc::new(switchboard::clock::ManualClock::new(noon))
+}
+
 fn call_job() -> serde_json::Value {
     json!({
         "id": uuid::Uuid::new_v4().to_string(),
@@ -776,7 +783,7 @@ async fn vapi_calls_carry_assistant_number_customer_and_job_metadata() {
     let mock = MockServer::start().await;
     mount_vapi(&mock).await;
     let (env, integration) = vapi_env(&mock, false).await;
-    let worker = env.start_worker();
+    let worker = env.start_worker_with_clock(daytime_in_los_angeles());
     let job = call_job();
     env.publisher().await.publish(&job).await;
     let row = env.wait_for_status(job_id(&job), "sent").await;
@@ -827,7 +834,7 @@ async fn vapi_end_of_call_report_is_stored_with_cost_and_duration() {
     let mock = MockServer::start().await;
     mount_vapi(&mock).await;
     let (env, integration) = vapi_env(&mock, true).await;
-    let worker = env.start_worker();
+    let worker = env.start_worker_with_clock(daytime_in_los_angeles());
     let server = Server::start(&env, &worker).await;
     let job = call_job();
     env.publisher().await.publish(&job).await;
@@ -889,7 +896,7 @@ async fn vapi_busy_or_unanswered_calls_fail() {
     let mock = MockServer::start().await;
     mount_vapi(&mock).await;
     let (env, integration) = vapi_env(&mock, false).await;
-    let worker = env.start_worker();
+    let worker = env.start_worker_with_clock(daytime_in_los_angeles());
     let server = Server::start(&env, &worker).await;
     let job = call_job();
     env.publisher().await.publish(&job).await;
@@ -1140,4 +1147,148 @@ async fn africastalking_blacklisted_report_fails_the_message_and_opts_the_number
     )
     .await;
     server.stop(worker).await;
+}
+
+async fn parked_until(env: &Env, id: uuid::Uuid) -> Option<chrono::DateTime<chrono::Utc>> {
+    env.db
+        .client()
+        .await
+        .query_opt("SELECT due_at FROM scheduled_jobs WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// At default settings: a call, transactional too, waits for 08:00 in the
+/// recipient's zone (from the number's area code: 415 is Los Angeles) and
+/// rings then; an agent that widens its calling hours is called at once.
+#[tokio::test]
+async fn vapi_calls_wait_for_calling_hours_in_the_recipients_zone() {
+    let mock = MockServer::start().await;
+    mount_vapi(&mock).await;
+    let (env, _) = vapi_env(&mock, true).await;
+    // 05:00 UTC on 15 January: 21:00 in Los Angeles (PST), calls just over.
+    let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    let clock = std::sync::Arc::new(switchboard::clock::ManualClock::new(at(
+        "2026-01-15T05:00:00Z",
+    )));
+    let worker = env.start_worker_with_clock(clock.clone());
+    let publisher = env.publisher().await;
+    let job = call_job();
+    assert_eq!(job["category"], "transactional");
+    publisher.publish(&job).await;
+    env.wait_for_status(job_id(&job), "deferred").await;
+    // 08:00 PST = 16:00 UTC.
+    assert_eq!(
+        parked_until(&env, job_id(&job)).await,
+        Some(at("2026-01-15T16:00:00Z"))
+    );
+    let events = env.event_details(job_id(&job)).await;
+    let deferred = &events.iter().find(|(e, _)| e == "deferred").unwrap().1;
+    assert_eq!(deferred["reason"], "calling_hours");
+    assert_eq!(deferred["recipient_timezone"], "America/Los_Angeles");
+    assert_eq!(deferred["timezone_source"], "phone_prefix");
+    assert!(mock.received_requests().await.unwrap().is_empty());
+
+    // The agent widens its hours to 07:00-22:00: a new call rings at once
+    // (21:00 in Los Angeles), the parked one still waits for its time.
+    let client = env.db.client().await;
+    client
+        .execute(
+            "UPDATE agents SET calling_hours_start = '07:00', calling_hours_end = '22:00'
+              WHERE id = 'agent-cre'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let widened = call_job();
+    publisher.publish(&widened).await;
+    env.wait_for_status(job_id(&widened), "sent").await;
+
+    clock.set(at("2026-01-15T16:00:00Z"));
+    let row = env.wait_for_status(job_id(&job), "sent").await;
+    worker.stop().await;
+    assert_eq!(row.provider_message_id.as_deref(), Some("call_7c1d"));
+    assert_eq!(bodies(&mock).await.len(), 2);
+    assert_eq!(
+        env.events(job_id(&job)).await,
+        vec!["queued", "deferred", "sent"]
+    );
+}
+
+/// A job of a sequence parked for later (its `send_at`), to `to`.
+fn later_step(agent: &str, channel: &str, to: &str) -> serde_json::Value {
+    json!({"id": uuid::Uuid::new_v4().to_string(), "agent_id": agent, "channel": channel,
+           "to": to, "text": "Following up on the house", "category": "transactional",
+           "sequence_id": "seq-follow-up", "step": 2, "send_at": "2099-01-01T00:00:00Z"})
+}
+
+/// At default settings: any WhatsApp reply through Meta (not only STOP) is
+/// a `received` event and cancels the sender's parked sequence steps of the
+/// integration's agent, on every channel, and no one else's.
+#[tokio::test]
+async fn a_meta_reply_cancels_the_senders_sequences() {
+    let mock = MockServer::start().await;
+    mount_meta(&mock).await;
+    let (env, integration) = meta_env(&mock, true).await;
+    let worker = env.start_worker();
+    let server = Server::start(&env, &worker).await;
+    let publisher = env.publisher().await;
+    let whatsapp = later_step("agent-wa", "whatsapp", WA_TO);
+    let sms = later_step("agent-wa", "sms", WA_TO);
+    let someone_else = later_step("agent-wa", "sms", "+14155550188");
+    let other_agent = later_step("agent-other", "sms", WA_TO);
+    for job in [&whatsapp, &sms, &someone_else, &other_agent] {
+        publisher.publish(job).await;
+        env.wait_for_status(job_id(job), "scheduled").await;
+    }
+    let reply = inbound("wamid.IN9", "Yes, Saturday works");
+    assert_eq!(
+        meta_post(&server, integration, APP_SECRET, &reply).await,
+        200
+    );
+    env.wait_for_status(job_id(&whatsapp), "cancelled").await;
+    env.wait_for_status(job_id(&sms), "cancelled").await;
+    server.stop(worker).await;
+    assert_eq!(events_named(&env, "received").await, 1);
+    let events = env.event_details(job_id(&sms)).await;
+    let cancelled = &events.iter().find(|(e, _)| e == "cancelled").unwrap().1;
+    assert_eq!(cancelled["reason"], "replied");
+    for job in [&someone_else, &other_agent] {
+        assert!(parked_until(&env, job_id(job)).await.is_some());
+    }
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM opt_outs").await,
+        0,
+        "a reply is not an opt-out"
+    );
+    assert!(mock.received_requests().await.unwrap().is_empty());
+}
+
+/// At default settings: an inbound SMS through Africa's Talking cancels the
+/// sender's parked sequence steps of the integration's agent.
+#[tokio::test]
+async fn an_africastalking_reply_cancels_the_senders_sequences() {
+    let (_mock, env, integration, worker, server, _) = at_sent(true, "ATXid_seq1").await;
+    let publisher = env.publisher().await;
+    let step = later_step("agent-ke", "sms", "+254711000001");
+    let someone_else = later_step("agent-ke", "sms", "+254711000002");
+    for job in [&step, &someone_else] {
+        publisher.publish(job).await;
+        env.wait_for_status(job_id(job), "scheduled").await;
+    }
+    let reply = [
+        ("id", "in-88"),
+        ("from", "+254711000001"),
+        ("to", "12345"),
+        ("text", "Call me tomorrow"),
+        ("date", "2026-11-25 10:00:00"),
+        ("linkId", "abd"),
+    ];
+    let signed = format!("/webhooks/africastalking/{integration}?token={AT_TOKEN}");
+    assert_eq!(at_post(&server, &signed, &reply).await, 200);
+    env.wait_for_status(job_id(&step), "cancelled").await;
+    server.stop(worker).await;
+    assert_eq!(events_named(&env, "received").await, 1);
+    assert!(parked_until(&env, job_id(&someone_else)).await.is_some());
 }

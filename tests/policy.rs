@@ -616,8 +616,9 @@ async fn the_agents_window_and_zone_apply_when_the_recipients_zone_is_unknown() 
     // 08:00 UTC = 09:00 in Paris: inside the default window, not the agent's.
     let clock = Arc::new(ManualClock::new(at("2026-01-15T08:00:00Z")));
     let worker = env.start_worker_with_clock(clock);
-    // A US number: the country has many zones, so the agent's zone is used.
-    let mut job = sms_job("agent-paris", "+14155550123");
+    // A US toll-free number: no area code, and the country has many
+    // zones, so the agent's zone is used.
+    let mut job = sms_job("agent-paris", "+18005550199");
     job["category"] = "marketing".into();
     env.publisher().await.publish(&job).await;
     env.wait_for_status(job_id(&job), "deferred").await;

@@ -69,6 +69,7 @@ impl fmt::Display for EmailAddress {
 pub struct PhoneNumber {
     e164: String,
     country: Option<String>,
+    calling_code: u16,
 }
 
 impl PhoneNumber {
@@ -88,7 +89,12 @@ impl PhoneNumber {
         }
         let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
         let country = parsed.country().id().map(|id| id.as_ref().to_string());
-        Ok(Self { e164, country })
+        let calling_code = parsed.code().value();
+        Ok(Self {
+            e164,
+            country,
+            calling_code,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -98,6 +104,12 @@ impl PhoneNumber {
     /// ISO 3166 region the number belongs to, when the numbering plan says.
     pub fn country(&self) -> Option<&str> {
         self.country.as_deref()
+    }
+
+    /// The country calling code (`1` for the US and Canada, `61` for
+    /// Australia): the first digits of the E.164 form.
+    pub fn calling_code(&self) -> u16 {
+        self.calling_code
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod circuit;
 mod country_zones;
+mod prefix_zones;
 pub mod quiet_hours;
 pub mod whatsapp_window;
 
@@ -89,7 +90,19 @@ pub struct AgentPolicy {
     pub timezone: Tz,
     pub window: SendWindow,
     pub quiet_hours_email: bool,
+    /// When voice calls may ring, in the recipient's zone, for every
+    /// category (`agents.calling_hours_start/end`, default 08:00–21:00,
+    /// the US TCPA's hours).
+    pub calling_hours: SendWindow,
     pub limits: HashMap<Channel, RateLimit>,
+}
+
+/// The calling hours an agent has unless it widens them.
+pub fn default_calling_hours() -> SendWindow {
+    SendWindow {
+        start: NaiveTime::from_hms_opt(8, 0, 0).expect("valid time"),
+        end: NaiveTime::from_hms_opt(21, 0, 0).expect("valid time"),
+    }
 }
 
 impl Default for AgentPolicy {
@@ -98,6 +111,7 @@ impl Default for AgentPolicy {
             timezone: chrono_tz::UTC,
             window: SendWindow::default(),
             quiet_hours_email: false,
+            calling_hours: default_calling_hours(),
             limits: HashMap::new(),
         }
     }
@@ -138,6 +152,10 @@ impl AgentPolicy {
                 .get("quiet_hours_email")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            calling_hours: SendWindow {
+                start: time("calling_hours_start", default_calling_hours().start),
+                end: time("calling_hours_end", default_calling_hours().end),
+            },
             limits,
         }
     }
@@ -164,12 +182,35 @@ pub enum Hold {
     Cancelled,
     /// Later: `send_at` is in the future.
     Scheduled { at: DateTime<Utc> },
-    /// Later: outside the recipient's window.
-    QuietHours {
-        until: DateTime<Utc>,
-        zone: Tz,
-        source: ZoneSource,
-    },
+    /// Later: outside the recipient's window (quiet hours or calling
+    /// hours).
+    Window(WindowHold),
+}
+
+/// A hold until a local-time window opens in the recipient's zone(s).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowHold {
+    pub until: DateTime<Utc>,
+    /// `quiet_hours` or `calling_hours`: the event's reason.
+    pub reason: &'static str,
+    /// Every zone the recipient may be in; the window is open in all at
+    /// `until`.
+    pub zones: Vec<Tz>,
+    pub source: ZoneSource,
+}
+
+impl WindowHold {
+    /// The deferral event's detail: `recipient_timezone` (the first zone,
+    /// as before several were possible), `recipient_timezones` (all) and
+    /// `timezone_source`.
+    pub fn detail(&self) -> Value {
+        let names: Vec<&str> = self.zones.iter().map(|z| z.name()).collect();
+        serde_json::json!({
+            "recipient_timezone": names.first(),
+            "recipient_timezones": names,
+            "timezone_source": self.source.as_str(),
+        })
+    }
 }
 
 /// How far another process's clock may run ahead of this one's before a
@@ -215,16 +256,29 @@ pub fn hold(
     }
     let quiet_hours_apply = job.category == Category::Marketing
         && (job.channel != Channel::Email || agent.quiet_hours_email);
-    if quiet_hours_apply {
-        let (zone, source) = quiet_hours::recipient_zone(job, agent.timezone);
-        if let Some(until) = quiet_hours::next_opening(now, zone, agent.window)
-            && until > now + CLOCK_SKEW_ALLOWANCE
-        {
-            return Some(Hold::QuietHours {
-                until,
-                zone,
-                source,
-            });
+    // Calls ring whatever their category: a call at night wakes people
+    // whatever it is about, and US law limits marketing calls to these hours.
+    let windows = [
+        (quiet_hours_apply, agent.window, "quiet_hours"),
+        (
+            job.channel == Channel::Voice,
+            agent.calling_hours,
+            "calling_hours",
+        ),
+    ];
+    if windows.iter().any(|(applies, _, _)| *applies) {
+        let (zones, source) = quiet_hours::recipient_zones(job, agent.timezone);
+        for (_, window, reason) in windows.iter().filter(|(applies, _, _)| *applies) {
+            if let Some(until) = quiet_hours::next_opening_in_all(now, &zones, *window)
+                && until > now + CLOCK_SKEW_ALLOWANCE
+            {
+                return Some(Hold::Window(WindowHold {
+                    until,
+                    reason,
+                    zones,
+                    source,
+                }));
+            }
         }
     }
     None
@@ -263,7 +317,10 @@ mod tests {
                 false,
                 at(NIGHT)
             ),
-            Some(Hold::QuietHours { .. })
+            Some(Hold::Window(WindowHold {
+                reason: "quiet_hours",
+                ..
+            }))
         ));
         assert_eq!(
             hold(
@@ -313,6 +370,59 @@ mod tests {
     }
 
     #[test]
+    fn calls_wait_for_calling_hours_whatever_their_category() {
+        let a = AgentPolicy::default();
+        // 07:30 in New York: before 08:00 for calls, SMS transactional goes.
+        let early = at("2026-01-15T12:30:00Z");
+        let held = |reason, until| {
+            Some(Hold::Window(WindowHold {
+                until: at(until),
+                reason,
+                zones: vec![chrono_tz::America::New_York],
+                source: ZoneSource::Job,
+            }))
+        };
+        assert_eq!(
+            hold(
+                &job("transactional", "voice", "+14155550123"),
+                &a,
+                &[],
+                false,
+                early
+            ),
+            held("calling_hours", "2026-01-15T13:00:00Z")
+        );
+        // Marketing calls must pass quiet hours (09:00) too.
+        assert_eq!(
+            hold(
+                &job("marketing", "voice", "+14155550123"),
+                &a,
+                &[],
+                false,
+                early
+            ),
+            held("quiet_hours", "2026-01-15T14:00:00Z")
+        );
+        assert_eq!(
+            hold(
+                &job("transactional", "sms", "+14155550123"),
+                &a,
+                &[],
+                false,
+                early
+            ),
+            None
+        );
+        // 21:00 sharp closes calls; an agent that widens to 22:00 still calls.
+        let nine_pm = at("2026-01-16T02:00:00Z");
+        let call = job("transactional", "voice", "+14155550123");
+        assert!(hold(&call, &a, &[], false, nine_pm).is_some());
+        let wide = AgentPolicy::from_row(Some(&serde_json::json!({
+            "calling_hours_start": "07:00:00", "calling_hours_end": "22:00:00"})));
+        assert_eq!(hold(&call, &wide, &[], false, nine_pm), None);
+    }
+
+    #[test]
     fn opt_outs_suppress_by_category() {
         let a = AgentPolicy::default();
         let unsub = vec!["unsubscribe".to_string()];
@@ -356,7 +466,7 @@ mod tests {
         );
         assert!(matches!(
             hold(&m, &a, &[], false, opening - chrono::TimeDelta::seconds(6)),
-            Some(Hold::QuietHours { until, .. }) if until == opening
+            Some(Hold::Window(WindowHold { until, .. })) if until == opening
         ));
     }
 

@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTim
 use chrono_tz::Tz;
 
 use super::country_zones::COUNTRY_ZONES;
+use super::prefix_zones::prefix_zones;
 use crate::domain::{Recipient, SendJob};
 
 /// The local-time window in which marketing may be sent. `start == end`
@@ -38,6 +39,9 @@ impl SendWindow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ZoneSource {
     Job,
+    /// The number's prefix (area code), libphonenumber's map.
+    PhonePrefix,
+    /// The number's country, which keeps one clock.
     PhoneNumber,
     Agent,
 }
@@ -46,26 +50,32 @@ impl ZoneSource {
     pub fn as_str(self) -> &'static str {
         match self {
             ZoneSource::Job => "job",
+            ZoneSource::PhonePrefix => "phone_prefix",
             ZoneSource::PhoneNumber => "phone_number",
             ZoneSource::Agent => "agent",
         }
     }
 }
 
-/// The recipient's zone: the job's `timezone`, else the zone of the phone
-/// number's country when that country keeps one clock (however many zone
-/// names it has), else the agent's zone (which is UTC unless the agent set
-/// one).
-pub fn recipient_zone(job: &SendJob, agent_zone: Tz) -> (Tz, ZoneSource) {
+/// The recipient's zones, in this order: the job's `timezone`; else the
+/// zones the number's prefix is used in (one, or several where an area
+/// code spans a zone line); else the zone of the number's country when
+/// that country keeps one clock (however many zone names it has); else the
+/// agent's zone (UTC unless the agent set one). Several zones mean "the
+/// recipient is in one of these": send only when all are open.
+pub fn recipient_zones(job: &SendJob, agent_zone: Tz) -> (Vec<Tz>, ZoneSource) {
     if let Some(tz) = job.timezone {
-        return (tz, ZoneSource::Job);
+        return (vec![tz], ZoneSource::Job);
     }
-    if let Recipient::Phone(phone) = &job.recipient
-        && let Some(tz) = phone.country().and_then(country_zone)
-    {
-        return (tz, ZoneSource::PhoneNumber);
+    if let Recipient::Phone(phone) = &job.recipient {
+        if let Some(zones) = prefix_zones(phone) {
+            return (zones.to_vec(), ZoneSource::PhonePrefix);
+        }
+        if let Some(tz) = phone.country().and_then(country_zone) {
+            return (vec![tz], ZoneSource::PhoneNumber);
+        }
     }
-    (agent_zone, ZoneSource::Agent)
+    (vec![agent_zone], ZoneSource::Agent)
 }
 
 fn country_zone(country: &str) -> Option<Tz> {
@@ -73,6 +83,36 @@ fn country_zone(country: &str) -> Option<Tz> {
         .binary_search_by(|(cc, _, _)| (*cc).cmp(country))
         .ok()
         .and_then(|i| COUNTRY_ZONES[i].1.parse().ok())
+}
+
+/// `None` when `now` is inside the window in every one of `zones`;
+/// otherwise the earliest instant after `now` at which it is open in all.
+///
+/// Each round moves the candidate to the next opening of every zone still
+/// shut; once a round moves nothing, all are open. Zones a prefix shares
+/// are neighbours an hour or two apart, so this settles in a round or two.
+/// Should the window never be open in all at once (a narrow window over
+/// zones far apart), the latest candidate the rounds reached is returned:
+/// open in the last zone that moved it, the best this can do.
+pub fn next_opening_in_all(
+    now: DateTime<Utc>,
+    zones: &[Tz],
+    window: SendWindow,
+) -> Option<DateTime<Utc>> {
+    let mut at = now;
+    for _ in 0..(4 * zones.len().max(1)) {
+        let mut moved = false;
+        for tz in zones {
+            if let Some(next) = next_opening(at, *tz, window) {
+                at = next;
+                moved = true;
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    (at > now).then_some(at)
 }
 
 /// `None` when `now` is inside the window in `tz`; otherwise the next
@@ -263,39 +303,41 @@ mod tests {
         assert_eq!(at, utc("2026-06-01T22:00:00Z"));
     }
 
+    fn sms(to: &str, tz: Option<&str>) -> SendJob {
+        let mut v = serde_json::json!({"id": "6f1c1c7e-3f55-4b9e-9d57-0f0e6f1a2b3c", "agent_id": "a",
+            "channel": "sms", "to": to, "text": "x"});
+        if let Some(tz) = tz {
+            v["timezone"] = tz.into();
+        }
+        SendJob::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    fn names(zones: &[Tz]) -> Vec<&'static str> {
+        zones.iter().map(|z| z.name()).collect()
+    }
+
     #[test]
-    fn zones_come_from_the_job_then_the_number_then_the_agent() {
-        let job = |to: &str, tz: Option<&str>| {
-            let mut v = serde_json::json!({"id": "6f1c1c7e-3f55-4b9e-9d57-0f0e6f1a2b3c", "agent_id": "a",
-                "channel": "sms", "to": to, "text": "x"});
-            if let Some(tz) = tz {
-                v["timezone"] = tz.into();
-            }
-            SendJob::parse(v.to_string().as_bytes()).unwrap()
-        };
+    fn zones_come_from_the_job_then_the_prefix_then_the_country_then_the_agent() {
         let agent: Tz = "Europe/Paris".parse().unwrap();
+        let (zones, src) = recipient_zones(&sms("+12135550123", Some("Asia/Tokyo")), agent);
+        assert_eq!((names(&zones), src), (vec!["Asia/Tokyo"], ZoneSource::Job));
+        // Los Angeles' area code, below the country (the US keeps six clocks).
+        let (zones, src) = recipient_zones(&sms("+14155550123", None), agent);
         assert_eq!(
-            recipient_zone(&job("+254712345678", Some("Asia/Tokyo")), agent).1,
-            ZoneSource::Job
+            (names(&zones), src),
+            (vec!["America/Los_Angeles"], ZoneSource::PhonePrefix)
         );
-        let (tz, src) = recipient_zone(&job("+254712345678", None), agent);
+        // Toll-free: the prefix names all of +1, so no zone of its own.
+        let (zones, src) = recipient_zones(&sms("+18005550199", None), agent);
         assert_eq!(
-            (tz.name(), src),
-            ("Africa/Nairobi", ZoneSource::PhoneNumber)
+            (names(&zones), src),
+            (vec!["Europe/Paris"], ZoneSource::Agent)
         );
-        // The US has many zones: the number alone cannot tell.
-        let (tz, src) = recipient_zone(&job("+14155550123", None), agent);
-        assert_eq!((tz.name(), src), ("Europe/Paris", ZoneSource::Agent));
     }
 
     /// Issue 18 #5: countries with several zone names that keep one clock.
     #[test]
     fn countries_whose_zones_keep_one_clock_get_that_zone() {
-        let job = |to: &str| {
-            let v = serde_json::json!({"id": "6f1c1c7e-3f55-4b9e-9d57-0f0e6f1a2b3c",
-                "agent_id": "a", "channel": "sms", "to": to, "text": "x"});
-            SendJob::parse(v.to_string().as_bytes()).unwrap()
-        };
         for (to, zone) in [
             ("+4915123456789", "Europe/Berlin"),
             ("+60123456789", "Asia/Kuala_Lumpur"),
@@ -306,9 +348,120 @@ mod tests {
             ("+77012345678", "Asia/Almaty"),
             ("+970599123456", "Asia/Gaza"),
         ] {
-            let (tz, src) = recipient_zone(&job(to), chrono_tz::UTC);
-            assert_eq!((tz.name(), src), (zone, ZoneSource::PhoneNumber), "{to}");
+            let job = sms(to, None);
+            let Recipient::Phone(phone) = &job.recipient else {
+                unreachable!()
+            };
+            let tz = phone.country().and_then(country_zone).map(|z| z.name());
+            assert_eq!(tz, Some(zone), "{to}");
         }
+    }
+
+    /// The issue's example: an agent in New York whose window opens at
+    /// 08:00 texts Los Angeles at 08:30 New York time; it is 05:30 there,
+    /// so the message waits until 08:00 in Los Angeles.
+    #[test]
+    fn new_york_texting_los_angeles_at_half_past_eight_waits_for_los_angeles() {
+        let ny: Tz = "America/New_York".parse().unwrap();
+        let window = SendWindow {
+            start: NaiveTime::from_hms_opt(8, 0, 0).unwrap(),
+            end: NaiveTime::from_hms_opt(20, 0, 0).unwrap(),
+        };
+        let (zones, _) = recipient_zones(&sms("+13105550123", None), ny);
+        // 2026-01-15 08:30 EST = 13:30 UTC = 05:30 PST.
+        let now = utc("2026-01-15T13:30:00Z");
+        assert_eq!(next_opening_in_all(now, &[ny], window), None);
+        assert_eq!(
+            next_opening_in_all(now, &zones, window),
+            Some(utc("2026-01-15T16:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn prefix_zones_across_a_dst_change() {
+        let w = SendWindow::default();
+        let opening = |to: &str, now: &str| {
+            let (zones, src) = recipient_zones(&sms(to, None), chrono_tz::UTC);
+            assert_eq!(src, ZoneSource::PhonePrefix, "{to}");
+            next_opening_in_all(utc(now), &zones, w)
+        };
+        // Sunday 2026-03-08, the US springs forward at 02:00 local. 12:30
+        // UTC is 08:30 EDT in New York (held to 09:00 EDT = 13:00 UTC) but
+        // would have been 07:30 EST the day before.
+        assert_eq!(
+            opening("+12125550123", "2026-03-08T12:30:00Z"),
+            Some(utc("2026-03-08T13:00:00Z"))
+        );
+        assert_eq!(
+            opening("+12125550123", "2026-03-07T12:30:00Z"),
+            Some(utc("2026-03-07T14:00:00Z"))
+        );
+        // Chicago (CDT, UTC-5), Denver (MDT, UTC-6), Vancouver (PDT, UTC-7)
+        // that morning: 09:00 local each.
+        for (to, at) in [
+            ("+13125550123", "2026-03-08T14:00:00Z"),
+            ("+13035550123", "2026-03-08T15:00:00Z"),
+            ("+16045550123", "2026-03-08T16:00:00Z"),
+            ("+12135550123", "2026-03-08T16:00:00Z"),
+        ] {
+            assert_eq!(opening(to, "2026-03-08T12:30:00Z"), Some(utc(at)), "{to}");
+        }
+        // Honolulu keeps no DST: 09:00 HST = 19:00 UTC either side.
+        assert_eq!(
+            opening("+18085550123", "2026-03-08T12:30:00Z"),
+            Some(utc("2026-03-08T19:00:00Z"))
+        );
+        assert_eq!(
+            opening("+18085550123", "2026-03-07T12:30:00Z"),
+            Some(utc("2026-03-07T19:00:00Z"))
+        );
+        // Australia: Sydney leaves DST on 2026-04-05 (AEDT UTC+11 → AEST
+        // UTC+10), Perth keeps UTC+8. 21:30 UTC on 04-04 is 08:30 AEDT in
+        // Sydney (opens at 09:00 AEDT = 22:00 UTC) and 05:30 in Perth; on
+        // 04-05 at 21:30 UTC Sydney reads 07:30 AEST and opens at 23:00 UTC.
+        assert_eq!(
+            opening("+61292345678", "2026-04-03T21:30:00Z"),
+            Some(utc("2026-04-03T22:00:00Z"))
+        );
+        assert_eq!(
+            opening("+61292345678", "2026-04-05T21:30:00Z"),
+            Some(utc("2026-04-05T23:00:00Z"))
+        );
+        assert_eq!(
+            opening("+61892345678", "2026-04-05T21:30:00Z"),
+            Some(utc("2026-04-06T01:00:00Z"))
+        );
+        // +61 8 9 is filed under Perth and Adelaide: 21:30 UTC is 05:30 in
+        // Perth and 07:00 ACST in Adelaide, both open at 09:00 Perth
+        // (10:30 Adelaide), 01:00 UTC. At 02:00 UTC both are open.
+        assert_eq!(opening("+61892345678", "2026-04-06T02:00:00Z"), None);
+    }
+
+    /// An area code split between two clocks (Idaho's 208 2xx: Boise on
+    /// Mountain, the panhandle on Pacific time) opens when both are open.
+    #[test]
+    fn a_prefix_with_several_zones_waits_for_all_of_them() {
+        let (zones, src) = recipient_zones(&sms("+12082995555", None), chrono_tz::UTC);
+        assert_eq!(src, ZoneSource::PhonePrefix);
+        assert_eq!(names(&zones), vec!["America/Boise", "America/Los_Angeles"]);
+        // 15:30 UTC in January: 08:30 in Boise, 07:30 in Los Angeles; both
+        // open at 09:00 Pacific = 17:00 UTC, an hour after Boise alone.
+        let now = utc("2026-01-15T15:30:00Z");
+        assert_eq!(
+            next_opening_in_all(now, &zones, SendWindow::default()),
+            Some(utc("2026-01-15T17:00:00Z"))
+        );
+        // 19:30 local in Boise is 02:30 UTC; LA is 18:30 yet Boise shuts at
+        // 20:00 Mountain = 03:00 UTC: open in both until then.
+        assert_eq!(
+            next_opening_in_all(utc("2026-01-16T02:30:00Z"), &zones, SendWindow::default()),
+            None
+        );
+        // 03:30 UTC: Boise shut (20:30), LA open (19:30): next morning.
+        assert_eq!(
+            next_opening_in_all(utc("2026-01-16T03:30:00Z"), &zones, SendWindow::default()),
+            Some(utc("2026-01-16T17:00:00Z"))
+        );
     }
 
     /// The offset of `tz` at the start of the compared years and at every

@@ -15,6 +15,7 @@ pub struct AgentUpdate {
     pub from_name: Option<String>,
     pub timezone: Option<String>,
     pub send_window: Option<(NaiveTime, NaiveTime)>,
+    pub calling_hours: Option<(NaiveTime, NaiveTime)>,
     pub quiet_hours_email: Option<bool>,
     pub limits: Option<serde_json::Value>,
 }
@@ -26,6 +27,7 @@ pub async fn update(
     u: &AgentUpdate,
 ) -> Result<serde_json::Value, StoreError> {
     let (start, end) = u.send_window.unzip();
+    let (call_start, call_end) = u.calling_hours.unzip();
     let row = client
         .query_one(
             "INSERT INTO agents AS a (id) VALUES ($1)
@@ -46,6 +48,8 @@ pub async fn update(
                 send_window_end = COALESCE($7, send_window_end),
                 quiet_hours_email = COALESCE($8, quiet_hours_email),
                 limits = COALESCE($9, limits),
+                calling_hours_start = COALESCE($10, calling_hours_start),
+                calling_hours_end = COALESCE($11, calling_hours_end),
                 updated_at = now()
               WHERE id = $1",
             &[
@@ -58,6 +62,8 @@ pub async fn update(
                 &end,
                 &u.quiet_hours_email,
                 &u.limits,
+                &call_start,
+                &call_end,
             ],
         )
         .await?;

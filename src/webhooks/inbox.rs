@@ -274,6 +274,19 @@ pub async fn apply(client: &mut deadpool_postgres::Client, id: i64) -> Result<Ap
             if channel == Channel::Whatsapp {
                 whatsapp_windows::touch(&tx, agent_id, address, row.received_at).await?;
             }
+            // Any reply ends the agent's sequences to this person, on every
+            // channel: they answered, so the next automated step would talk
+            // past them. Only for a known agent: a reply to a platform
+            // number says nothing about which agent's sequence it answers.
+            if let Some(agent) = agent_id {
+                let filter = crate::store::scheduled::StepFilter {
+                    agent_id: Some(agent),
+                    recipient: Some(address),
+                    ..Default::default()
+                };
+                let why = json!({"reason": "replied", "channel": channel.as_str()});
+                crate::store::scheduled::cancel_steps(&tx, &filter, &why).await?;
+            }
             let detail = json!({"from": mask(address), "keyword": keyword.map(Keyword::as_str)});
             record_account_event(&tx, agent_id, channel, "received", &row.provider, &detail)
                 .await?;

@@ -783,14 +783,8 @@ async fn apply_hold(
             };
             return park_job(ctx, job, None, park, Attempted::default(), shutdown).await;
         }
-        Hold::QuietHours {
-            until,
-            zone,
-            source,
-        } => {
-            let detail =
-                json!({"recipient_timezone": zone.name(), "timezone_source": source.as_str()});
-            let park = Park::deferred(until, "quiet_hours", detail);
+        Hold::Window(w) => {
+            let park = Park::deferred(w.until, w.reason, w.detail());
             return park_job(ctx, job, None, park, Attempted::default(), shutdown).await;
         }
         Hold::Suppressed { reason } => ("suppressed", json!({"reason": reason})),
