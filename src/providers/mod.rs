@@ -20,8 +20,10 @@ pub mod postmark;
 mod resend;
 pub mod segments;
 pub mod sendgrid;
+pub mod ses;
 mod settings;
 mod simulation;
+pub mod smtp;
 mod twilio;
 pub mod vapi;
 mod verify;
@@ -128,6 +130,8 @@ impl Registry {
             Arc::new(sendgrid::SendGrid::new(http.clone(), &urls.sendgrid)),
             Arc::new(mailgun::Mailgun::new(http.clone(), &urls.mailgun)),
             Arc::new(postmark::Postmark::new(http.clone(), &urls.postmark)),
+            Arc::new(ses::Ses::new(http.clone(), urls.ses.as_deref())),
+            Arc::new(smtp::Smtp::default()),
             Arc::new(africastalking::AfricasTalking::new(
                 http.clone(),
                 &urls.africastalking,
