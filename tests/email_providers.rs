@@ -288,6 +288,46 @@ async fn the_platform_sendgrid_account_sends_when_no_resend_key_is_set() {
     );
 }
 
+/// Sender identity, case (b): an agent without its own account but with
+/// branding gets its name on the platform's address and its reply_email as
+/// Reply-To, in the request the provider receives.
+#[tokio::test]
+async fn the_platform_account_sends_with_the_agents_name_and_reply_to() {
+    let server = MockServer::start().await;
+    mount_sendgrid(&server, "SG.platform-key", "PlatformMsgId000000002").await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_SENDGRID_BASE_URL", server.uri())
+        .set("SENDGRID_API_KEY", "SG.platform-key")
+        .set("EMAIL_FROM", "Acme Homes <no-reply@acme.test>");
+    switchboard::app::set_agent(
+        &env.settings(),
+        switchboard::app::AgentSettings {
+            agent: "agent-branded".into(),
+            timezone: None,
+            send_window: None,
+            quiet_hours_email: None,
+            limits: None,
+            company_name: Some("Realty Co".into()),
+            reply_email: Some("jane@realty.test".into()),
+            from_name: None,
+        },
+    )
+    .await
+    .unwrap();
+    let worker = env.start_worker();
+    let job = email_job("agent-branded", "buyer@example.com");
+    let row = outcome(&env, &job).await;
+    worker.stop().await;
+    assert_eq!(row.status, "sent");
+    assert_eq!(row.route.as_deref(), Some("platform"));
+    let bodies = sendgrid_bodies(&server).await;
+    assert_eq!(
+        bodies[0]["from"],
+        json!({"email": "no-reply@acme.test", "name": "Realty Co"})
+    );
+    assert_eq!(bodies[0]["reply_to"], json!({"email": "jane@realty.test"}));
+}
+
 /// SendGrid takes no idempotency key: a 5xx may have been sent, so it is
 /// recorded `unknown` and never sent again (at default settings).
 #[tokio::test]

@@ -543,7 +543,7 @@ async fn resend_gets_its_exact_request_format_and_the_job_id_as_idempotency_key(
         );
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_valid_against_spec(&spec, &schema, &body);
-        assert_eq!(body["from"], "Jane Realty <jane@realty.test>");
+        assert_eq!(body["from"], "\"Jane Realty\" <jane@realty.test>");
         assert_eq!(body["to"], json!(["buyer@example.com"]));
         assert_eq!(body["subject"], "New listing near you");
         assert_eq!(body["html"], "<p>3 bed, 2 bath</p>");

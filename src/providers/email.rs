@@ -102,7 +102,7 @@ pub fn regional_base<'a>(
 
 /// A display name without control characters, angle brackets or the quotes
 /// a hand-written `EMAIL_FROM` may put around it.
-fn clean_name(raw: &str) -> String {
+pub(crate) fn clean_name(raw: &str) -> String {
     raw.chars()
         .filter(|c| !c.is_control() && !matches!(c, '<' | '>'))
         .collect::<String>()

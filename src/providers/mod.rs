@@ -19,6 +19,7 @@ pub mod meta;
 pub mod postmark;
 mod resend;
 pub mod segments;
+pub mod sender;
 pub mod sendgrid;
 pub mod ses;
 mod settings;
@@ -52,6 +53,11 @@ pub struct SendRequest<'a> {
     /// The job id: passed to providers that deduplicate on a key, so that a
     /// resend after a crash is not delivered twice.
     pub idempotency_key: String,
+    /// Whose account sends: with [`Self::branding`], what
+    /// [`sender::sender`] decides an email's From and Reply-To from.
+    pub route: crate::domain::Route,
+    /// The agent's branding, read with the claim.
+    pub branding: sender::Branding,
 }
 
 /// The provider took the message.

@@ -7,10 +7,9 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::http::{Reply, execute};
-use super::{
-    Accepted, ErrorKind, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec,
-};
-use crate::domain::{Channel, EmailAddress, metadata_pairs};
+use super::sender::{Sender, sender};
+use super::{Accepted, ErrorKind, Provider, ProviderError, SendRequest, SettingSpec};
+use crate::domain::{Channel, metadata_pairs};
 
 const SETTINGS: &[SettingSpec] = &[
     SettingSpec::secret("api_key"),
@@ -33,18 +32,6 @@ impl Resend {
     }
 }
 
-/// `Name <address>` when a name is set. `from_email` may already be in that
-/// form (the platform's `EMAIL_FROM`), in which case it is used as it is.
-pub fn from_header(s: &ProviderSettings) -> Result<String, ProviderError> {
-    let email = s.require("from_email")?;
-    Ok(match s.get("from_name") {
-        Some(name) if !email.contains('<') => {
-            format!("{} <{email}>", name.replace(['<', '>', '"'], ""))
-        }
-        _ => email.to_string(),
-    })
-}
-
 /// Resend tag names and values may hold only ASCII letters, digits, `_` and
 /// `-` (at most 256 characters); anything else is replaced.
 fn tag_safe(s: &str) -> String {
@@ -62,8 +49,9 @@ fn tag_safe(s: &str) -> String {
 
 fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
     let job = request.job;
+    let Sender { from, reply_to } = sender(request)?;
     let mut b = Map::new();
-    b.insert("from".into(), from_header(request.settings)?.into());
+    b.insert("from".into(), from.header().into());
     b.insert("to".into(), json!([job.recipient.as_str()]));
     if let Some(subject) = &job.content.subject {
         b.insert("subject".into(), subject.clone().into());
@@ -93,7 +81,7 @@ fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
             }
         }
     }
-    if let Some(reply_to) = job.content.reply_to.as_ref().map(EmailAddress::as_str) {
+    if let Some(reply_to) = reply_to {
         b.insert("reply_to".into(), reply_to.into());
     }
     let mut tags = vec![json!({"name": "switchboard_job_id", "value": job.id.to_string()})];
@@ -184,16 +172,5 @@ mod tests {
     #[test]
     fn tags_are_made_safe() {
         assert_eq!(tag_safe("listing id/7"), "listing_id_7");
-    }
-
-    #[test]
-    fn from_header_uses_the_name() {
-        let mut m = Map::new();
-        m.insert("from_email".into(), "jane@realty.test".into());
-        m.insert("from_name".into(), "Jane <Realty>".into());
-        assert_eq!(
-            from_header(&ProviderSettings::new(m)).unwrap(),
-            "Jane Realty <jane@realty.test>"
-        );
     }
 }

@@ -34,9 +34,21 @@ impl Provider for Simulation {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
+        let mut detail = serde_json::json!({"simulated": true});
+        // An email shows the sender a real provider would have been given,
+        // when one is configured (a connected `simulation` integration or
+        // the fallback without settings may have none).
+        if request.job.channel == Channel::Email
+            && let Ok(s) = super::sender::sender(request)
+        {
+            detail["from"] = s.from.header().into();
+            if let Some(r) = s.reply_to {
+                detail["reply_to"] = r.into();
+            }
+        }
         Ok(Accepted {
             provider_message_id: Some(format!("sim-{}", request.job.id)),
-            detail: serde_json::json!({"simulated": true}),
+            detail,
         })
     }
 }

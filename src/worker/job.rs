@@ -28,6 +28,7 @@ use super::WorkerContext;
 use crate::domain::{Category, Route, SendJob};
 use crate::policy::circuit::{Gate, Transition};
 use crate::policy::{self, AgentPolicy, Hold};
+use crate::providers::sender::Branding;
 use crate::providers::{Accepted, ProviderError, SendRequest};
 use crate::routing::{ResolvedRoute, RouteError};
 use crate::store::StoreError;
@@ -149,6 +150,7 @@ async fn process_inner(
     }
 
     let agent = AgentPolicy::from_row(claimed.agent.as_ref());
+    let branding = Branding::from_agent_row(claimed.agent.as_ref());
     let now = ctx.clock.now();
     if let Some(hold) = policy::hold(
         &job,
@@ -194,7 +196,8 @@ async fn process_inner(
             return Ok(outcome);
         }
     }
-    let mut delivery = send_with_retries(ctx, &job, &route, prior_attempts, signals).await?;
+    let mut delivery =
+        send_with_retries(ctx, &job, &route, &branding, prior_attempts, signals).await?;
     settle_quota(ctx, admitted.quota, &delivery, shutdown).await?;
     delivery.rate_slot = admitted.rate_slot;
     if let Some(park) = delivery.park.take() {
@@ -385,6 +388,7 @@ async fn send_with_retries(
     ctx: &WorkerContext,
     job: &SendJob,
     route: &ResolvedRoute,
+    branding: &Branding,
     prior_attempts: i32,
     signals: &Signals,
 ) -> Result<Delivery, Stop> {
@@ -410,6 +414,8 @@ async fn send_with_retries(
                 format!("{base}/webhooks/{provider}/{owner}")
             }),
         idempotency_key: job.id.to_string(),
+        route: route.route,
+        branding: branding.clone(),
     };
     let circuit = account_key(route);
     // Attempts already made by earlier deliveries count against the budget,

@@ -15,10 +15,11 @@ use async_trait::async_trait;
 use reqwest::multipart::Form;
 use serde_json::{Value, json};
 
-use super::email::{Mailbox, check_region, regional_base};
+use super::email::{check_region, regional_base};
 use super::http::{Reply, execute};
+use super::sender::{Sender, sender};
 use super::{Accepted, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec};
-use crate::domain::{Channel, EmailAddress, metadata_pairs};
+use crate::domain::{Channel, metadata_pairs};
 
 pub const NAME: &str = "mailgun";
 
@@ -58,7 +59,7 @@ impl Mailgun {
 /// The form fields, in order. Mailgun wants `text`, `html` or `template`.
 pub fn fields(request: &SendRequest<'_>) -> Result<Vec<(String, String)>, ProviderError> {
     let job = request.job;
-    let from = Mailbox::from_settings(request.settings)?;
+    let Sender { from, reply_to } = sender(request)?;
     let mut f: Vec<(String, String)> = vec![
         ("from".into(), from.header()),
         ("to".into(), job.recipient.as_str().to_string()),
@@ -90,8 +91,8 @@ pub fn fields(request: &SendRequest<'_>) -> Result<Vec<(String, String)>, Provid
             }
         }
     }
-    if let Some(reply_to) = job.content.reply_to.as_ref().map(EmailAddress::as_str) {
-        f.push(("h:Reply-To".into(), reply_to.to_string()));
+    if let Some(reply_to) = reply_to {
+        f.push(("h:Reply-To".into(), reply_to));
     }
     if let Some(c) = job.campaign.campaign_id.as_ref().filter(|c| !c.is_empty()) {
         f.push(("o:tag".into(), c.clone()));

@@ -15,10 +15,10 @@ pub mod webhook;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use super::email::Mailbox;
 use super::http::{Reply, execute};
+use super::sender::{Sender, sender};
 use super::{Accepted, ErrorKind, Provider, ProviderError, SendRequest, SettingSpec};
-use crate::domain::{Channel, EmailAddress, metadata_pairs};
+use crate::domain::{Channel, metadata_pairs};
 
 pub const NAME: &str = "postmark";
 
@@ -61,7 +61,7 @@ pub fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
             )
         });
     }
-    let from = Mailbox::from_settings(request.settings)?;
+    let Sender { from, reply_to } = sender(request)?;
     let mut b = Map::new();
     b.insert("From".into(), from.header().into());
     b.insert("To".into(), job.recipient.as_str().into());
@@ -74,7 +74,7 @@ pub fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
     if let Some(text) = &job.content.text {
         b.insert("TextBody".into(), text.clone().into());
     }
-    if let Some(reply_to) = job.content.reply_to.as_ref().map(EmailAddress::as_str) {
+    if let Some(reply_to) = reply_to {
         b.insert("ReplyTo".into(), reply_to.into());
     }
     if let Some(c) = job.campaign.campaign_id.as_ref().filter(|c| !c.is_empty()) {

@@ -19,10 +19,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use super::email::{Mailbox, check_region, regional_base};
+use super::email::{check_region, regional_base};
 use super::http::{MAX_RETRY_AFTER, Reply, execute};
+use super::sender::{Sender, sender};
 use super::{Accepted, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec};
-use crate::domain::{Channel, EmailAddress, metadata_pairs};
+use crate::domain::{Channel, metadata_pairs};
 
 pub const NAME: &str = "sendgrid";
 
@@ -68,7 +69,7 @@ impl SendGrid {
 /// with `text/plain` before `text/html` (SendGrid refuses the other order).
 pub fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
     let job = request.job;
-    let from = Mailbox::from_settings(request.settings)?;
+    let Sender { from, reply_to } = sender(request)?;
     let mut custom_args = Map::new();
     for (k, v) in metadata_pairs(&job.metadata) {
         custom_args.insert(k, v.into());
@@ -86,7 +87,7 @@ pub fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
         sender["name"] = name.clone().into();
     }
     b.insert("from".into(), sender);
-    if let Some(reply_to) = job.content.reply_to.as_ref().map(EmailAddress::as_str) {
+    if let Some(reply_to) = reply_to {
         b.insert("reply_to".into(), json!({"email": reply_to}));
     }
     if let Some(subject) = job.content.subject.as_ref().filter(|s| !s.is_empty()) {
