@@ -57,7 +57,9 @@ impl FailureLimiter {
     fn blocked(&self, ip: IpAddr) -> Option<Duration> {
         let windows = self.windows.lock().expect("limiter lock");
         let (start, failures) = *windows.get(&ip)?;
-        let left = FAILURE_WINDOW.checked_sub(start.elapsed())?;
+        let left = FAILURE_WINDOW
+            .checked_sub(start.elapsed())
+            .filter(|left| !left.is_zero())?;
         (failures >= MAX_FAILURES).then_some(left)
     }
 
