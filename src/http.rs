@@ -186,7 +186,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, typically: wait instead of
                     // spinning on the error.
@@ -197,7 +197,21 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, shutdown: C
             },
             _ = shutdown.cancelled() => break,
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let (stream, peer) = stream;
+        // The client address, for the API's per-address limit on failed
+        // authentications.
+        let service = hyper_util::service::TowerToHyperService::new(
+            tower::ServiceBuilder::new()
+                .map_request(
+                    move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                        request
+                            .extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        request
+                    },
+                )
+                .service(app.clone()),
+        );
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _permit = permit;

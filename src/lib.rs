@@ -8,6 +8,7 @@
 pub mod amqp;
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;

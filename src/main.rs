@@ -52,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         command: AgentsCli,
     },
+    /// Create, list or revoke agent-scoped API tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: switchboard::cli::tokens::TokensCli,
+    },
     /// Cancel campaign sequences.
     Sequences {
         #[command(subcommand)]
@@ -211,6 +216,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Migrate => app::migrate(&settings).await,
+        Command::Tokens { command } => {
+            print!(
+                "{}",
+                switchboard::cli::tokens::run(&settings, command).await?
+            );
+            Ok(())
+        }
         Command::Worker => start(true, false).await,
         Command::Serve => start(false, true).await,
         Command::Run => start(true, true).await,

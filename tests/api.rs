@@ -69,10 +69,21 @@ impl Api {
     /// Sends with the platform token; returns the status and the JSON body
     /// (`Null` when empty).
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_with(TOKEN, method, path, body).await
+    }
+
+    /// Like [`Api::call`], with `token` instead of the platform's.
+    async fn call_with(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let request = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
+            .bearer_auth(token);
         let request = match body {
             Some(b) => request.json(&b),
             None => request,
@@ -770,5 +781,183 @@ async fn a_connection_that_never_sends_a_request_is_closed_by_the_server() {
     // The server still answers others.
     let (status, _) = api.get("/v1/agents/nobody").await;
     assert_eq!(status, 404);
+    api.stop().await;
+}
+
+/// The status of a call with `token` instead of the platform's.
+async fn call_as(api: &Api, token: &str, method: Method, path: &str, body: Option<Value>) -> u16 {
+    api.call_with(token, method, path, body).await.0
+}
+
+#[tokio::test]
+async fn an_agent_token_reaches_only_its_own_agent_on_every_route() {
+    let mut env = env_with_token().await;
+    env.set("SWITCHBOARD_SIMULATE", "true");
+    let worker = env.start_worker();
+    let api = Api::start(&env).await;
+    let pool = store::pool(&env.settings().database_url, 1).unwrap();
+    let client = pool.get().await.unwrap();
+    let (_, token_a) = store::api_tokens::create(&client, "agent-a").await.unwrap();
+    let (revoked_id, revoked) = store::api_tokens::create(&client, "agent-a").await.unwrap();
+    assert!(
+        store::api_tokens::revoke(&client, revoked_id)
+            .await
+            .unwrap()
+    );
+    // Only the digest is stored.
+    let stored: i64 = client
+        .query_one(
+            "SELECT count(*) FROM api_tokens WHERE token_hash::text LIKE '%' || $1 || '%'",
+            &[&token_a],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0);
+
+    // Each agent has a message; b also an integration and an opt-out.
+    let job_a = sms_job("agent-a", "+14155550401");
+    let job_b = sms_job("agent-b", "+14155550402");
+    let (status, _) = api
+        .call(Method::POST, "/v1/messages", Some(json!([job_a, job_b])))
+        .await;
+    assert_eq!(status, 202);
+    env.wait_for_status(job_id(&job_a), "sent").await;
+    env.wait_for_status(job_id(&job_b), "sent").await;
+    worker.stop().await;
+    let sim = json!({"provider": "simulation", "settings": {}, "active": true});
+    let opt_out = json!({"channel": "sms", "address": "+14155550499"});
+    for agent in ["agent-a", "agent-b"] {
+        let path = format!("/v1/agents/{agent}/integrations/sms");
+        assert_eq!(api.call(Method::PUT, &path, Some(sim.clone())).await.0, 200);
+        let path = format!("/v1/agents/{agent}/opt-outs");
+        let (status, _) = api.call(Method::POST, &path, Some(opt_out.clone())).await;
+        assert!(status < 300, "{status}");
+    }
+
+    // Every agent-scoped route, with b in place of a: a's token gets 404;
+    // with a itself it is let through.
+    let routes = |agent: &str| -> Vec<(Method, String, Option<Value>)> {
+        vec![
+            (Method::GET, format!("/v1/agents/{agent}"), None),
+            (
+                Method::PATCH,
+                format!("/v1/agents/{agent}"),
+                Some(json!({"company_name": "X"})),
+            ),
+            (
+                Method::PUT,
+                format!("/v1/agents/{agent}"),
+                Some(json!({"from_name": "X"})),
+            ),
+            (Method::GET, format!("/v1/agents/{agent}/messages"), None),
+            (
+                Method::GET,
+                format!("/v1/agents/{agent}/integrations"),
+                None,
+            ),
+            (
+                Method::GET,
+                format!("/v1/agents/{agent}/integrations/sms"),
+                None,
+            ),
+            (
+                Method::PATCH,
+                format!("/v1/agents/{agent}/integrations/sms"),
+                Some(json!({"active": true})),
+            ),
+            (
+                Method::PUT,
+                format!("/v1/agents/{agent}/integrations/sms"),
+                Some(sim.clone()),
+            ),
+            (Method::GET, format!("/v1/agents/{agent}/opt-outs"), None),
+            (
+                Method::POST,
+                format!("/v1/agents/{agent}/opt-outs"),
+                Some(opt_out.clone()),
+            ),
+            (
+                Method::DELETE,
+                format!("/v1/agents/{agent}/opt-outs?channel=sms&address=%2B14155550499"),
+                None,
+            ),
+            (
+                Method::DELETE,
+                format!("/v1/agents/{agent}/integrations/sms"),
+                None,
+            ),
+        ]
+    };
+    for (method, path, body) in routes("agent-b") {
+        let status = call_as(&api, &token_a, method.clone(), &path, body).await;
+        assert_eq!(status, 404, "{method} {path}");
+    }
+    for (method, path, body) in routes("agent-a") {
+        let status = call_as(&api, &token_a, method.clone(), &path, body).await;
+        assert!(status < 300, "{method} {path}: {status}");
+    }
+    // b's rows are untouched: its integration and opt-out are still there.
+    let (_, b_integration) = api.get("/v1/agents/agent-b/integrations/sms").await;
+    assert_eq!(b_integration["provider"], "simulation");
+    let (_, b) = api.get("/v1/agents/agent-b").await;
+    assert_ne!(b["company_name"], "X");
+
+    // Messages by id, and sending as another agent.
+    let a_path = format!("/v1/messages/{}", job_id(&job_a));
+    let b_path = format!("/v1/messages/{}", job_id(&job_b));
+    assert_eq!(
+        call_as(&api, &token_a, Method::GET, &a_path, None).await,
+        200
+    );
+    assert_eq!(
+        call_as(&api, &token_a, Method::GET, &b_path, None).await,
+        404
+    );
+    let new_b = sms_job("agent-b", "+14155550403");
+    assert_eq!(
+        call_as(&api, &token_a, Method::POST, "/v1/messages", Some(new_b)).await,
+        404
+    );
+    assert_eq!(
+        api.get(&b_path).await.0,
+        200,
+        "the platform reaches every agent"
+    );
+    // A route outside any agent is closed to agent tokens.
+    assert_eq!(
+        call_as(&api, &token_a, Method::GET, "/v1/nothing", None).await,
+        404
+    );
+    // A revoked token is no token.
+    assert_eq!(
+        call_as(&api, &revoked, Method::GET, &a_path, None).await,
+        401
+    );
+    api.assert_never_returned(&[TOKEN, &token_a]);
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn an_address_failing_authentication_too_often_gets_429_with_retry_after() {
+    let env = env_with_token().await;
+    let api = Api::start(&env).await;
+    let url = format!("{}/v1/agents/a1", api.base);
+    for _ in 0..switchboard::api::auth::MAX_FAILURES {
+        let (status, _) = api.send(api.http.get(&url).bearer_auth("sbt_guess")).await;
+        assert_eq!(status, 401);
+    }
+    let response = api.http.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        429,
+        "even the right token waits out the window"
+    );
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait >= 1 && wait <= switchboard::api::auth::FAILURE_WINDOW.as_secs());
     api.stop().await;
 }

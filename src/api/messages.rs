@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use base64::Engine;
@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::auth::Principal;
 use super::{
     ApiError, ApiJson, ApiQuery, ApiState, MAX_BATCH, agent_id, channel_in_input, next_cursor,
     page_size,
@@ -55,6 +56,7 @@ fn message_json(m: &MessageRow) -> Value {
 /// already known (nothing published).
 pub async fn create(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let items = match body {
@@ -95,6 +97,22 @@ pub async fn create(
                 "index": index, "id": rejection.id, "reason": rejection.reason,
             })),
         }
+    }
+    // An agent token sends only as its own agent; another agent is
+    // answered as if it did not exist, like every route of another agent.
+    let foreign: Vec<Value> = jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, (job, _))| !principal.reaches(&job.agent_id))
+        .map(|(index, (job, _))| json!({"index": index, "id": job.id}))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "{} of {} jobs name an agent this token does not reach; nothing was published",
+            foreign.len(),
+            items.len()
+        ))
+        .with_details(json!({ "jobs": foreign })));
     }
     if !problems.is_empty() {
         return Err(ApiError::invalid(format!(
@@ -180,12 +198,21 @@ pub async fn create(
 /// `GET /v1/messages/{id}`: the message and its events, oldest first.
 pub async fn show(
     State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let not_found = || ApiError::not_found(format!("no message `{id}`"));
     let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let client = state.pool.get().await?;
-    let message = messages::get(&client, uuid).await?.ok_or_else(not_found)?;
+    let message = messages::get(&client, uuid)
+        .await?
+        .filter(|m| {
+            // A message rejected before its agent was known belongs to
+            // no agent: only the platform sees it.
+            principal == Principal::Platform
+                || m.agent_id.as_deref().is_some_and(|a| principal.reaches(a))
+        })
+        .ok_or_else(not_found)?;
     let events = messages::event_history(&client, uuid).await?;
     let mut out = message_json(&message);
     out["events"] = serde_json::to_value(events).expect("events serialise");

@@ -11,6 +11,7 @@
 //! database errors are logged here and answered with a generic message.
 
 pub mod agents;
+pub mod auth;
 pub mod integrations;
 pub mod messages;
 pub mod opt_outs;
@@ -18,10 +19,10 @@ pub mod opt_outs;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use deadpool_postgres::Pool;
@@ -29,7 +30,6 @@ use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::amqp::JobPublisher;
 use crate::config::Settings;
@@ -66,6 +66,8 @@ pub struct ApiState {
     /// are compared as digests so the comparison takes the same time
     /// whatever their lengths.
     token_digest: Option<[u8; 32]>,
+    /// Failed authentications per client address.
+    auth_failures: Arc<auth::FailureLimiter>,
 }
 
 impl ApiState {
@@ -84,6 +86,7 @@ impl ApiState {
                 .api_token
                 .as_ref()
                 .map(|t| Sha256::digest(t.expose_secret().as_bytes()).into()),
+            auth_failures: Arc::default(),
         }
     }
 
@@ -142,7 +145,10 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state)
 }
 
@@ -156,42 +162,6 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not take that method",
     )
-}
-
-/// Lets a request through only with `Authorization: Bearer <token>`. Runs
-/// before any body is read.
-async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let Some(expected) = &state.token_digest else {
-        return ApiError::unavailable(
-            "the API is disabled on this server: set SWITCHBOARD_API_TOKEN to enable it",
-        )
-        .into_response();
-    };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    let valid = given.is_some_and(|token| {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        bool::from(digest.ct_eq(expected))
-    });
-    if valid {
-        next.run(request).await
-    } else {
-        let mut response = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong bearer token (Authorization: Bearer <SWITCHBOARD_API_TOKEN>)",
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        response
-    }
 }
 
 /// Every API error, as `{"error": {"code", "message", "details"}}`.

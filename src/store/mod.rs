@@ -6,6 +6,7 @@
 //! statement (or one transaction) and return what the caller needs to branch on.
 
 pub mod agents;
+pub mod api_tokens;
 pub mod batch;
 pub mod circuits;
 pub mod integrations;
