@@ -112,3 +112,77 @@ async fn keys_are_independent() {
     .unwrap();
     assert_eq!(slot, now);
 }
+
+/// The scheduler's hourly prune forgets rate state that can no longer
+/// matter (a grant its job never came back for, a key idle for days) and
+/// keeps what can; a key pruned this way hands out the same slot as one
+/// that was never pruned, so the limit is unchanged.
+#[tokio::test]
+async fn stale_rate_state_is_pruned_and_pruning_does_not_change_the_slots() {
+    let env = Env::with_defaults().await;
+    let client = env.db.client().await;
+    let one = NonZeroU32::new(1).unwrap();
+    let wait_max = Duration::from_secs(1);
+    let long_ago = at("2026-03-01T12:00:00Z");
+    // A burst parks its second job on a grant; the job never comes back.
+    for _ in 0..2 {
+        rate_slots::take(
+            &client,
+            "agent:idle:sms",
+            Uuid::new_v4(),
+            one,
+            long_ago,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    }
+    let recent = at("2026-03-05T11:59:00Z");
+    let kept_job = Uuid::new_v4();
+    for job in [Uuid::new_v4(), kept_job] {
+        rate_slots::take(&client, "agent:busy:sms", job, one, recent, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    let count = |table: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        (count("rate_slots").await, count("rate_grants").await),
+        (2, 2)
+    );
+
+    let now = at("2026-03-05T12:00:00Z");
+    switchboard::store::scheduled::prune_counters(&client, now - chrono::Duration::days(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        (count("rate_slots").await, count("rate_grants").await),
+        (1, 1),
+        "the idle key and its forgotten grant are gone; the busy key's are kept"
+    );
+    // The busy key's parked job still gets its own slot back.
+    let back = rate_slots::take(&client, "agent:busy:sms", kept_job, one, now, wait_max)
+        .await
+        .unwrap();
+    assert_eq!(back, recent + chrono::Duration::seconds(1));
+    // The pruned key behaves as a key never seen: the slot is now.
+    let fresh = rate_slots::take(
+        &client,
+        "agent:idle:sms",
+        Uuid::new_v4(),
+        one,
+        now,
+        wait_max,
+    )
+    .await
+    .unwrap();
+    assert_eq!(fresh, now);
+}

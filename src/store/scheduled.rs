@@ -219,14 +219,28 @@ pub async fn cancel_sequence(
 }
 
 /// Drops counters of windows long past (called by the scheduler now and then).
+///
+/// Also forgets per-second rate state that can no longer matter: a slot
+/// granted to a job that never came back for it (the job was cancelled or
+/// ended another way), and a key whose theoretical arrival time is long
+/// past, which `rate_slots::take` treats exactly like a key never seen.
+/// Without this both tables grow with every parked job and every agent
+/// that ever had a limit.
 pub async fn prune_counters(
     client: &impl GenericClient,
     before: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
-    Ok(client
-        .execute(
-            "DELETE FROM rate_counters WHERE window_start < $1",
-            &[&before],
+    const SQL: &str = "
+        WITH counters AS (
+            DELETE FROM rate_counters WHERE window_start < $1 RETURNING 1
+        ), grants AS (
+            DELETE FROM rate_grants WHERE slot < $1 RETURNING 1
+        ), slots AS (
+            DELETE FROM rate_slots WHERE tat < $1 RETURNING 1
         )
-        .await?)
+        SELECT (SELECT count(*) FROM counters)
+             + (SELECT count(*) FROM grants)
+             + (SELECT count(*) FROM slots)";
+    let row = client.query_one(SQL, &[&before]).await?;
+    Ok(row.get::<_, i64>(0) as u64)
 }
