@@ -212,6 +212,8 @@ pub enum IntegrationCommand {
         channel: Channel,
         provider: String,
         settings: serde_json::Value,
+        /// 0: primary; 1, 2, …: backups (failover order).
+        priority: i32,
     },
     List {
         agent: String,
@@ -247,15 +249,27 @@ pub async fn integrations_command(
             channel,
             provider,
             settings: values,
+            priority,
         } => {
             let keyring = settings.require_keyring()?;
             integrations::check_provider_allowed(&provider, settings.simulate)?;
-            let id = integrations::connect(
-                &pool, keyring, &registry, &agent, channel, &provider, &values,
-            )
-            .await?;
-            let mut out =
-                format!("connected {provider} for {channel} of agent {agent}: integration {id}\n");
+            let request = integrations::ConnectRequest {
+                agent_id: &agent,
+                channel,
+                provider: &provider,
+                settings: &values,
+                active: true,
+                priority,
+            };
+            let id = integrations::connect_with(&pool, keyring, &registry, request).await?;
+            let role = if priority == 0 {
+                String::new()
+            } else {
+                format!(" (backup, priority {priority})")
+            };
+            let mut out = format!(
+                "connected {provider} for {channel} of agent {agent}{role}: integration {id}\n"
+            );
             if let Some(base) = &settings.public_url {
                 out.push_str(&format!("webhook URL: {base}/webhooks/{provider}/{id}\n"));
             }

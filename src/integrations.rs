@@ -38,6 +38,8 @@ pub struct IntegrationView {
     pub provider: String,
     pub settings: Map<String, Value>,
     pub active: bool,
+    /// 0: primary; above: a backup (failover order).
+    pub priority: i32,
     pub verification_status: String,
     pub last_error: Option<String>,
     /// Where the provider should send delivery webhooks.
@@ -88,6 +90,7 @@ pub async fn connect(
             provider: provider_name,
             settings,
             active: true,
+            priority: 0,
         },
     )
     .await
@@ -102,6 +105,9 @@ pub struct ConnectRequest<'a> {
     /// Connected disabled when false: the settings are checked and stored,
     /// and no job uses them until it is enabled.
     pub active: bool,
+    /// 0: the channel's primary account; 1, 2, …: backups tried in that
+    /// order when the primary cannot send (README, "Provider failover").
+    pub priority: i32,
 }
 
 /// Validates the settings against the provider's keys (unknown and missing
@@ -118,7 +124,13 @@ pub async fn connect_with(
         provider: provider_name,
         settings,
         active,
+        priority,
     } = request;
+    if priority < 0 {
+        return Err(IntegrationError::Invalid(
+            "priority must be 0 (primary) or more (backup)".into(),
+        ));
+    }
     let agent_id = agent_id.trim();
     if agent_id.is_empty() {
         return Err(IntegrationError::Invalid(
@@ -138,7 +150,7 @@ pub async fn connect_with(
     let id = store::integrations::upsert(
         &mut client,
         agent_id,
-        channel,
+        (channel, priority),
         provider.name(),
         &Value::Object(config),
         active,
@@ -195,6 +207,7 @@ fn view(keyring: &Keyring, registry: &Registry, row: IntegrationRow) -> Integrat
         provider: row.provider,
         settings,
         active: row.active,
+        priority: row.priority,
         verification_status: row.verification_status,
         last_error,
         created_at: row.created_at,

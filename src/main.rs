@@ -163,6 +163,13 @@ enum IntegrationsCli {
         /// The provider's settings as a JSON object (docs/DESIGN.md lists the keys).
         #[arg(long)]
         settings: String,
+        /// 0 (the default) is the channel's primary account; 1, 2, … are
+        /// backups tried in that order when it cannot send.
+        #[arg(long, default_value_t = 0, conflicts_with = "backup")]
+        priority: i32,
+        /// The same as `--priority 1`.
+        #[arg(long)]
+        backup: bool,
     },
     /// Lists an agent's integrations with secrets masked.
     List {
@@ -247,10 +254,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     channel,
                     provider,
                     settings: raw,
+                    priority,
+                    backup,
                 } => IntegrationCommand::Connect {
                     agent,
                     channel,
                     provider,
+                    priority: if backup { 1 } else { priority },
                     settings: serde_json::from_str(&raw)
                         .map_err(|e| anyhow::anyhow!("--settings is not valid JSON: {e}"))?,
                 },

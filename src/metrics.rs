@@ -31,6 +31,9 @@ pub struct Metrics {
     pub amqp_connects: IntCounter,
     /// Circuit breakers opening and closing, by provider.
     pub circuit_transitions: IntCounterVec,
+    /// Jobs moved to the next account, by channel, from / to provider and
+    /// reason (`circuit_open`, `account_refused`).
+    pub failovers: IntCounterVec,
     /// Parked jobs republished by the scheduler.
     pub scheduled_published: IntCounter,
     /// Provider webhooks by provider and outcome (`accepted`,
@@ -107,6 +110,14 @@ impl Metrics {
             &["provider", "transition"],
         )
         .expect("valid metric");
+        let failovers = IntCounterVec::new(
+            Opts::new(
+                "switchboard_failovers_total",
+                "Jobs moved to the next provider account because the current one could not send",
+            ),
+            &["channel", "from_provider", "to_provider", "reason"],
+        )
+        .expect("valid metric");
         let scheduled_published = IntCounter::new(
             "switchboard_scheduled_published_total",
             "Parked jobs republished to switchboard.jobs when due",
@@ -130,6 +141,7 @@ impl Metrics {
             Box::new(amqp_connected.clone()),
             Box::new(amqp_connects.clone()),
             Box::new(circuit_transitions.clone()),
+            Box::new(failovers.clone()),
             Box::new(scheduled_published.clone()),
             Box::new(webhooks.clone()),
         ] {
@@ -146,6 +158,7 @@ impl Metrics {
             amqp_connected,
             amqp_connects,
             circuit_transitions,
+            failovers,
             scheduled_published,
             webhooks,
         }

@@ -3,7 +3,10 @@
 //! The agent's active integration for the channel, else the platform's
 //! account from the environment, else the simulation (only when
 //! `SWITCHBOARD_SIMULATE=true`), else the job fails with `no_provider`. A
-//! message is never reported sent without a real route.
+//! message is never reported sent without a real route. When the chosen
+//! account cannot send, the worker fails over to the next candidate
+//! (worker::failover) through [`Router::integration`] and
+//! [`Router::platform`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -108,54 +111,11 @@ impl Router {
         job: &SendJob,
         own: Option<IntegrationRow>,
     ) -> Result<ResolvedRoute, RouteError> {
-        let own = integrations::activate(self.keyring.as_ref(), own)?;
         if let Some(own) = own {
-            let provider = match self
-                .registry
-                .get(&own.provider)
-                .filter(|p| p.serves(job.channel))
-            {
-                Some(p) => p,
-                None => {
-                    return Err(RouteError::UnsupportedProvider {
-                        integration_id: own.id,
-                        provider: own.provider,
-                        channel: job.channel,
-                    });
-                }
-            };
-            // A connected `simulation` is still only a simulation: recorded
-            // as such, and refused when simulation is off, so that a message
-            // is never reported sent by an agent's account that sent nothing.
-            if provider.name() == crate::providers::SIMULATION {
-                if !self.simulate {
-                    return Err(RouteError::SimulationOff {
-                        integration_id: own.id,
-                    });
-                }
-                return Ok(ResolvedRoute {
-                    route: Route::Simulation,
-                    provider,
-                    integration_id: Some(own.id),
-                    settings: own.settings,
-                });
-            }
-            return Ok(ResolvedRoute {
-                route: Route::Agent,
-                provider,
-                integration_id: Some(own.id),
-                settings: own.settings,
-            });
+            return self.integration(job, own);
         }
-        if let Some((name, settings)) = self.platform.get(&job.channel)
-            && let Some(provider) = self.registry.get(name)
-        {
-            return Ok(ResolvedRoute {
-                route: Route::Platform,
-                provider,
-                integration_id: None,
-                settings: settings.clone(),
-            });
+        if let Some(platform) = self.platform(job) {
+            return Ok(platform);
         }
         if self.simulate {
             return Ok(ResolvedRoute {
@@ -166,6 +126,62 @@ impl Router {
             });
         }
         Err(RouteError::NoProvider(job.channel))
+    }
+
+    /// The route through one of the agent's integrations (its primary, or a
+    /// backup when failing over).
+    pub fn integration(
+        &self,
+        job: &SendJob,
+        row: IntegrationRow,
+    ) -> Result<ResolvedRoute, RouteError> {
+        let own = integrations::activate(self.keyring.as_ref(), Some(row))?
+            .expect("a row activates to an integration");
+        let provider = match self
+            .registry
+            .get(&own.provider)
+            .filter(|p| p.serves(job.channel))
+        {
+            Some(p) => p,
+            None => {
+                return Err(RouteError::UnsupportedProvider {
+                    integration_id: own.id,
+                    provider: own.provider,
+                    channel: job.channel,
+                });
+            }
+        };
+        // A connected `simulation` is still only a simulation: recorded
+        // as such, and refused when simulation is off, so that a message
+        // is never reported sent by an agent's account that sent nothing.
+        let route = if provider.name() == crate::providers::SIMULATION {
+            if !self.simulate {
+                return Err(RouteError::SimulationOff {
+                    integration_id: own.id,
+                });
+            }
+            Route::Simulation
+        } else {
+            Route::Agent
+        };
+        Ok(ResolvedRoute {
+            route,
+            provider,
+            integration_id: Some(own.id),
+            settings: own.settings,
+        })
+    }
+
+    /// The platform's account for the job's channel, if the environment
+    /// configures one.
+    pub fn platform(&self, job: &SendJob) -> Option<ResolvedRoute> {
+        let (name, settings) = self.platform.get(&job.channel)?;
+        Some(ResolvedRoute {
+            route: Route::Platform,
+            provider: self.registry.get(name)?,
+            integration_id: None,
+            settings: settings.clone(),
+        })
     }
 }
 

@@ -668,6 +668,9 @@ fn rendered_families() -> BTreeMap<String, String> {
         .with_label_values(&["twilio", "circuit_opened"])
         .inc();
     m.webhooks.with_label_values(&["twilio", "accepted"]).inc();
+    m.failovers
+        .with_label_values(&["sms", "twilio", "twilio", "circuit_open"])
+        .inc();
     families(&m.render())
 }
 

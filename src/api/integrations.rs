@@ -106,6 +106,7 @@ pub async fn connect(
             provider: &body.provider,
             settings: &body.settings,
             active: body.active,
+            priority: 0,
         },
     )
     .await

@@ -111,6 +111,23 @@ impl ProviderError {
         self.kind == ErrorKind::Transient
     }
 
+    /// A permanent refusal of the account rather than of the message: its
+    /// credentials (401, 403, a revoked token) or its standing (Twilio
+    /// 20005 / 10001 "account not active", 30002 "account suspended"). Another
+    /// account may send the same message; the same one will not until it is
+    /// reconnected (worker::failover).
+    pub fn is_account_level(&self) -> bool {
+        const ACCOUNT_CODES: [&str; 3] = ["20005", "10001", "30002"];
+        self.kind == ErrorKind::Permanent
+            && !self.recipient_opted_out
+            && (self.credentials_refused
+                || matches!(self.status, Some(401 | 403))
+                || self
+                    .code
+                    .as_deref()
+                    .is_some_and(|c| ACCOUNT_CODES.contains(&c)))
+    }
+
     /// A short machine-readable label for metrics and events.
     pub fn kind_label(&self) -> &'static str {
         match self.kind {
@@ -163,6 +180,19 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn account_level_refusals_are_the_accounts_not_the_messages() {
+        let e = |s, c: &str| ProviderError::from_status(s, Some(c.into()), String::new(), None);
+        assert!(e(401, "20003").is_account_level());
+        assert!(e(403, "").is_account_level());
+        assert!(e(400, "20005").is_account_level());
+        // A landline, a bad number: bad with every account.
+        assert!(!e(400, "21614").is_account_level());
+        assert!(!e(400, "21211").is_account_level());
+        // Transient failures are the circuit breaker's to judge.
+        assert!(!e(503, "").is_account_level());
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct IntegrationRow {
     /// `(key id, nonce || ciphertext)`
     pub secrets: Option<(String, Vec<u8>)>,
     pub active: bool,
+    /// 0 is the primary account for the channel; 1, 2, … are backups tried
+    /// in that order when it cannot send (worker::failover).
+    pub priority: i32,
     pub verification_status: String,
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -28,7 +31,7 @@ pub struct IntegrationRow {
 }
 
 const COLUMNS: &str = "id, agent_id, channel, provider, config, secrets_key_id, secrets_ciphertext,
-                       active, verification_status, last_error, created_at, updated_at";
+                       active, verification_status, last_error, created_at, updated_at, priority";
 
 fn from_row(r: &tokio_postgres::Row) -> IntegrationRow {
     from_row_at(r, 0).expect("the row has an integration")
@@ -52,17 +55,20 @@ pub fn from_row_at(r: &tokio_postgres::Row, at: usize) -> Option<IntegrationRow>
         last_error: r.get(at + 9),
         created_at: r.get(at + 10),
         updated_at: r.get(at + 11),
+        priority: r.get(at + 12),
     })
 }
 
-/// Connects (or replaces) the agent's integration for a channel. The row's
+/// Connects (or replaces) the agent's integration for a channel at
+/// `priority` (0: the primary). The row's
 /// id is decided first, under a per-(agent, channel) lock, because the
 /// secrets are encrypted bound to it. A replaced integration keeps its id, so
 /// webhook URLs given to the provider stay valid.
 pub async fn upsert(
     client: &mut deadpool_postgres::Client,
     agent_id: &str,
-    channel: Channel,
+    // The slot: one integration per agent, channel and priority.
+    (channel, priority): (Channel, i32),
     provider: &str,
     config: &serde_json::Value,
     active: bool,
@@ -81,17 +87,18 @@ pub async fn upsert(
     .await?;
     let existing = tx
         .query_opt(
-            "SELECT id FROM integrations WHERE agent_id = $1 AND channel = $2",
-            &[&agent_id, &channel.as_str()],
+            "SELECT id FROM integrations WHERE agent_id = $1 AND channel = $2 AND priority = $3",
+            &[&agent_id, &channel.as_str(), &priority],
         )
         .await?;
     let id: Uuid = existing.map(|r| r.get(0)).unwrap_or_else(Uuid::new_v4);
     let (key_id, blob) = encrypt(id).unzip();
     tx.execute(
         "INSERT INTO integrations
-             (id, agent_id, channel, provider, config, secrets_key_id, secrets_ciphertext, active)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (agent_id, channel) DO UPDATE
+             (id, agent_id, channel, provider, config, secrets_key_id, secrets_ciphertext, active,
+              priority)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (agent_id, channel, priority) DO UPDATE
             SET provider = EXCLUDED.provider, config = EXCLUDED.config,
                 secrets_key_id = EXCLUDED.secrets_key_id,
                 secrets_ciphertext = EXCLUDED.secrets_ciphertext,
@@ -106,6 +113,7 @@ pub async fn upsert(
             &key_id,
             &blob,
             &active,
+            &priority,
         ],
     )
     .await?;
@@ -126,12 +134,31 @@ pub async fn list(
     client: &impl GenericClient,
     agent_id: &str,
 ) -> Result<Vec<IntegrationRow>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM integrations WHERE agent_id = $1 ORDER BY channel");
+    let sql = format!(
+        "SELECT {COLUMNS} FROM integrations WHERE agent_id = $1 ORDER BY channel, priority"
+    );
     let rows = client.query(&sql, &[&agent_id]).await?;
     Ok(rows.iter().map(from_row).collect())
 }
 
-/// Enables or disables; returns false when the agent has no such integration.
+/// The agent's active backup accounts for a channel (priority above 0), in
+/// the order they are tried. Read only when the primary cannot send, so the
+/// claim stays one row per job.
+pub async fn backups(
+    client: &impl GenericClient,
+    agent_id: &str,
+    channel: Channel,
+) -> Result<Vec<IntegrationRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM integrations
+          WHERE agent_id = $1 AND channel = $2 AND active AND priority > 0
+          ORDER BY priority"
+    );
+    let rows = client.query(&sql, &[&agent_id, &channel.as_str()]).await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// Enables or disables (every priority of the channel); returns false when the agent has no such integration.
 pub async fn set_active(
     client: &impl GenericClient,
     agent_id: &str,
@@ -148,7 +175,8 @@ pub async fn set_active(
     Ok(n > 0)
 }
 
-/// Removes the integration (and its secrets); returns false when absent.
+/// Removes the channel's integrations, backups included (and their
+/// secrets); returns false when absent.
 pub async fn delete(
     client: &impl GenericClient,
     agent_id: &str,

@@ -150,7 +150,7 @@ pub const CLAIM_SQL: &str = "
                -- The agent's active integration (integrations::COLUMNS).
                g.id, g.agent_id, g.channel, g.provider, g.config, g.secrets_key_id,
                g.secrets_ciphertext, g.active, g.verification_status, g.last_error,
-               g.created_at, g.updated_at
+               g.created_at, g.updated_at, g.priority
                , p.agent_id IS DISTINCT FROM i.agent_id
                  OR (p.job IS NOT NULL AND p.job <> i.job),
                p.dead_letter_reason,
@@ -167,7 +167,7 @@ pub const CLAIM_SQL: &str = "
           ) p ON true
           LEFT JOIN integrations g
                  ON c.id IS NOT NULL AND g.agent_id = i.agent_id
-                AND g.channel = i.channel AND g.active";
+                AND g.channel = i.channel AND g.active AND g.priority = 0";
 
 /// Claims jobs: creates each message row (and agent row, on first use), or
 /// takes over one nobody owns any more (see [`CLAIM_SQL`]), and reads what
@@ -216,7 +216,7 @@ pub async fn claim_many(
                 Claim::Owned(Box::new(Claimed {
                     attempts: row.get(2),
                     first_delivery: row.get(3),
-                    taken_over: row.get(23),
+                    taken_over: row.get(24),
                     agent: row.get(4),
                     opt_outs: row.get(5),
                     sequence_cancelled: row.get(6),
@@ -226,7 +226,7 @@ pub async fn claim_many(
                 // No status: another transaction created the row while this
                 // statement ran; it owns the job for now.
                 let status: Option<String> = row.get(7);
-                let conflict: Option<bool> = row.get(21);
+                let conflict: Option<bool> = row.get(22);
                 match status {
                     // Checked first: another job's outcome is no answer for
                     // this one.
@@ -238,7 +238,7 @@ pub async fn claim_many(
                     },
                     Some(status) if !CLAIMABLE.contains(&status.as_str()) => Claim::Finished {
                         status,
-                        dead_letter_reason: row.get(22),
+                        dead_letter_reason: row.get(23),
                     },
                     _ => {
                         let until: Option<DateTime<Utc>> = row.get(8);

@@ -16,7 +16,7 @@
 //! Postgres blinked.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
@@ -25,17 +25,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::WorkerContext;
-use crate::domain::{Category, Route, SendJob};
-use crate::policy::circuit::{Gate, Transition};
+use super::failover;
+use super::send::Delivery;
+use crate::domain::{Route, SendJob};
 use crate::policy::{self, AgentPolicy, Hold};
+use crate::providers::ProviderError;
 use crate::providers::sender::Branding;
-use crate::providers::{Accepted, ProviderError, SendRequest};
 use crate::routing::{ResolvedRoute, RouteError};
 use crate::store::StoreError;
-use crate::store::circuits;
 use crate::store::messages::{self, Claim, EventRow};
-use crate::store::quotas::{self, Window};
-use crate::store::rate_slots;
 use crate::store::scheduled;
 
 /// How one delivery of a job ended. Each maps to one broker action
@@ -73,7 +71,7 @@ pub enum Outcome {
 }
 
 /// Why a step stopped early.
-enum Stop {
+pub(super) enum Stop {
     Shutdown,
     Store(StoreError),
 }
@@ -172,43 +170,21 @@ async fn process_inner(
         Err(refused) => return Ok(refused),
     };
 
-    let admitted = match check_limits(ctx, &job, &agent, &route, &signals.stop).await? {
-        Ok(admitted) => admitted,
-        Err(park) => {
-            return park_job(
-                ctx,
-                &job,
-                Some(&route),
-                park,
-                Attempted::default(),
-                shutdown,
-            )
-            .await;
-        }
+    let allow_platform = claimed
+        .agent
+        .as_ref()
+        .and_then(|a| a.get("allow_platform_fallback"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let step = failover::Step {
+        job: &job,
+        agent: &agent,
+        allow_platform,
+        branding: &branding,
+        prior_attempts,
+        epoch,
     };
-
-    // The claim was made under this process's lock; if the lock was lost
-    // since (the Postgres connection dropped), another worker may have taken
-    // the job over. Claim again before calling anyone.
-    if !ctx.liveness.still(epoch) {
-        tracing::info!("worker lock was lost since the claim; claiming again before sending");
-        if let (Claimed::Done(outcome), _) = claim(ctx, &job, &signals.stop).await? {
-            return Ok(outcome);
-        }
-    }
-    let mut delivery =
-        send_with_retries(ctx, &job, &route, &branding, prior_attempts, signals).await?;
-    settle_quota(ctx, admitted.quota, &delivery, shutdown).await?;
-    delivery.rate_slot = admitted.rate_slot;
-    if let Some(park) = delivery.park.take() {
-        let attempted = Attempted {
-            attempts: delivery.attempts,
-            last_error: delivery.result.as_ref().err().map(|e| e.to_string()),
-            events: delivery.events,
-        };
-        return park_job(ctx, &job, Some(&route), park, attempted, shutdown).await;
-    }
-    record_delivery(ctx, &job, &route, delivery, shutdown).await
+    failover::send_step(ctx, step, route, signals).await
 }
 
 /// WhatsApp's 24-hour rule, after routing and before any provider call
@@ -257,7 +233,7 @@ async fn whatsapp_window(
 }
 
 /// What claiming decided.
-enum Claimed {
+pub(super) enum Claimed {
     /// This delivery owns the job and decides it.
     Owned(Box<messages::Claimed>),
     /// Nothing to send: the outcome of this delivery.
@@ -267,7 +243,7 @@ enum Claimed {
 /// Claims the job. When another worker holds the lease (a redelivery while
 /// the first copy is still being sent, or after that worker died), waits
 /// until it finishes or the lease lapses.
-async fn claim(
+pub(super) async fn claim(
     ctx: &WorkerContext,
     job: &SendJob,
     shutdown: &CancellationToken,
@@ -326,40 +302,23 @@ async fn claim(
     }
 }
 
-/// The result of the provider calls for one delivery.
-struct Delivery {
-    result: Result<Accepted, ProviderError>,
-    /// Calls made by this delivery.
-    attempts: i32,
-    /// Calls made before, by deliveries that died or were parked.
-    prior_attempts: i32,
-    exhausted: bool,
-    /// The last failure may have sent the message and the provider cannot
-    /// deduplicate a second try: recorded `unknown`, never resent.
-    unconfirmed: bool,
-    /// Stop retrying here and park the job: a long Retry-After, or the
-    /// account's circuit opened.
-    park: Option<Park>,
-    events: Vec<EventRow>,
-    /// Policy time of the last provider call, which rate limits were judged by.
-    called_at: Option<DateTime<Utc>>,
-    /// The per-second slot the job was given (recorded with the send).
-    rate_slot: Option<DateTime<Utc>>,
-}
-
 /// A job to put back in `scheduled_jobs`.
 #[derive(Debug, Clone)]
-struct Park {
-    until: DateTime<Utc>,
+pub(super) struct Park {
+    pub(super) until: DateTime<Utc>,
     /// `scheduled` or `deferred`.
-    status: &'static str,
+    pub(super) status: &'static str,
     /// `send_at`, `quiet_hours`, `rate_limit`, `quota`, `retry_after`, `circuit_open`.
-    reason: &'static str,
-    detail: serde_json::Value,
+    pub(super) reason: &'static str,
+    pub(super) detail: serde_json::Value,
 }
 
 impl Park {
-    fn deferred(until: DateTime<Utc>, reason: &'static str, detail: serde_json::Value) -> Self {
+    pub(super) fn deferred(
+        until: DateTime<Utc>,
+        reason: &'static str,
+        detail: serde_json::Value,
+    ) -> Self {
         Self {
             until,
             status: "deferred",
@@ -367,408 +326,6 @@ impl Park {
             detail,
         }
     }
-}
-
-/// The circuit-breaker key of the account a route sends through.
-fn account_key(route: &ResolvedRoute) -> Option<String> {
-    match (route.route, route.integration_id) {
-        (Route::Simulation, _) => None,
-        (_, Some(id)) => Some(format!("integration:{id}")),
-        (_, None) => Some(format!("platform:{}", route.provider.name())),
-    }
-}
-
-/// A failure that says the account is down or broken (not that it is
-/// rate-limiting us or refusing this one message).
-fn looks_down(error: &ProviderError) -> bool {
-    error.is_retriable() && error.status.is_none_or(|s| s >= 500)
-}
-
-async fn send_with_retries(
-    ctx: &WorkerContext,
-    job: &SendJob,
-    route: &ResolvedRoute,
-    branding: &Branding,
-    prior_attempts: i32,
-    signals: &Signals,
-) -> Result<Delivery, Stop> {
-    let s = &ctx.settings;
-    // Whether a try that may have reached the provider can be repeated: only
-    // where the provider deduplicates on the job id, or the operator chose
-    // at-least-once for it.
-    let may_repeat =
-        route.provider.deduplicates() || s.at_least_once.iter().any(|p| p == route.provider.name());
-    let provider = route.provider.name();
-    let request = SendRequest {
-        job,
-        settings: &route.settings,
-        status_callback: s
-            .public_url
-            .as_ref()
-            .filter(|_| route.route != Route::Simulation)
-            .map(|base| {
-                let owner = route
-                    .integration_id
-                    .map(|id| id.to_string())
-                    .unwrap_or_else(|| "platform".into());
-                format!("{base}/webhooks/{provider}/{owner}")
-            }),
-        idempotency_key: job.id.to_string(),
-        route: route.route,
-        branding: branding.clone(),
-    };
-    let circuit = account_key(route);
-    // Attempts already made by earlier deliveries count against the budget,
-    // so a job that crashes workers cannot be retried forever.
-    let budget = (s.max_attempts as i32 - prior_attempts).max(1) as usize;
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(s.retry_base)
-        .with_max_delay(s.retry_max)
-        .with_jitter()
-        .with_max_times(budget - 1)
-        .build();
-    let mut delivery = Delivery {
-        result: Err(ProviderError::transient("not attempted")),
-        attempts: 0,
-        prior_attempts,
-        exhausted: false,
-        unconfirmed: false,
-        park: None,
-        events: Vec::new(),
-        called_at: None,
-        rate_slot: None,
-    };
-    loop {
-        // The gate's ticket goes back with the result, so that only the
-        // half-open probe's result can close the circuit and results of
-        // calls admitted before it opened change nothing.
-        let mut ticket = None;
-        if let Some(key) = &circuit {
-            match ctx.circuits.gate(key) {
-                Gate::Blocked(until) => {
-                    delivery.park = Some(Park::deferred(
-                        until,
-                        "circuit_open",
-                        json!({"provider": provider, "integration_id": route.integration_id}),
-                    ));
-                    return Ok(delivery);
-                }
-                Gate::Pass(call) => ticket = Some(call),
-            }
-        }
-        delivery.attempts += 1;
-        delivery.called_at = Some(ctx.clock.now());
-        let started = Instant::now();
-        let result = route.provider.send(&request).await;
-        let label = match &result {
-            Ok(_) => "success",
-            Err(e) => e.kind_label(),
-        };
-        ctx.metrics
-            .provider_request_duration
-            .with_label_values(&[provider, label])
-            .observe(started.elapsed().as_secs_f64());
-        let mut opened_now = false;
-        if let (Some(key), Some(call)) = (&circuit, ticket) {
-            let down = result.as_ref().err().is_some_and(looks_down);
-            if let Some(t) = ctx.circuits.settle(key, call, down) {
-                opened_now = matches!(t, Transition::Opened { .. });
-                record_circuit(ctx, job, route, key, t, &signals.abandon).await?;
-            }
-        }
-        let error = match result {
-            Err(e) if e.is_retriable() && e.maybe_sent && !may_repeat => {
-                tracing::warn!(error = %e, "the provider may have taken the message; not sending it again");
-                delivery.result = Err(e);
-                delivery.unconfirmed = true;
-                return Ok(delivery);
-            }
-            Err(e) if e.is_retriable() => e,
-            result => {
-                delivery.result = result;
-                return Ok(delivery);
-            }
-        };
-        let mut detail = error.to_detail();
-        detail["attempt"] = json!(prior_attempts + delivery.attempts);
-        // The failure that opened the account's circuit parks the job for
-        // the cool-down like every job after it, whatever its attempts left.
-        if opened_now
-            && let Some(key) = &circuit
-            && let Gate::Blocked(until) = ctx.circuits.gate(key)
-        {
-            delivery.events.push(EventRow {
-                event: "attempt_failed",
-                detail,
-            });
-            delivery.result = Err(error);
-            delivery.park = Some(Park::deferred(
-                until,
-                "circuit_open",
-                json!({"provider": provider, "integration_id": route.integration_id}),
-            ));
-            return Ok(delivery);
-        }
-        // A provider that asks for a long wait gets it without this job
-        // holding a prefetch slot meanwhile.
-        if let Some(wait) = error.retry_after.filter(|w| *w > s.retry_park_after)
-            && delivery.attempts < budget as i32
-        {
-            let until = ctx.clock.now() + chrono::Duration::from_std(wait).unwrap_or_default();
-            delivery.events.push(EventRow {
-                event: "attempt_failed",
-                detail,
-            });
-            delivery.result = Err(error);
-            delivery.park = Some(Park::deferred(
-                until,
-                "retry_after",
-                json!({"provider": provider, "retry_after_ms": wait.as_millis() as u64}),
-            ));
-            return Ok(delivery);
-        }
-        let Some(delay) = backoff.next() else {
-            tracing::warn!(error = %error, attempts = delivery.attempts, "transient failures used every attempt");
-            delivery.result = Err(error);
-            delivery.exhausted = true;
-            return Ok(delivery);
-        };
-        let delay = delay
-            .max(error.retry_after.unwrap_or_default())
-            .min(s.retry_max);
-        tracing::info!(error = %error, attempt = delivery.attempts, ?delay, "transient provider failure; retrying");
-        detail["retry_in_ms"] = json!(delay.as_millis() as u64);
-        delivery.events.push(EventRow {
-            event: "attempt_failed",
-            detail,
-        });
-        sleep_or_shutdown(delay, &signals.stop).await?;
-    }
-}
-
-/// Records a circuit opening or closing as an event of the account (no
-/// message) and in the metrics.
-async fn record_circuit(
-    ctx: &WorkerContext,
-    job: &SendJob,
-    route: &ResolvedRoute,
-    key: &str,
-    transition: Transition,
-    shutdown: &CancellationToken,
-) -> Result<(), Stop> {
-    let provider = route.provider.name();
-    // Shared with every worker process: the first to open (or close) the
-    // account's circuit records it; the others adopt what it wrote.
-    let now = ctx.clock.now();
-    let first = match transition {
-        Transition::Opened { until, .. } => {
-            let opened = with_db(ctx, shutdown, |c| async move {
-                circuits::open(&c, key, until, now).await
-            })
-            .await?;
-            if !opened {
-                let shared = with_db(ctx, shutdown, |c| async move {
-                    circuits::open_until(&c, key).await
-                })
-                .await?;
-                if let Some(shared) = shared {
-                    ctx.circuits.adopt(key, shared);
-                }
-            }
-            opened
-        }
-        Transition::Closed => {
-            with_db(
-                ctx,
-                shutdown,
-                |c| async move { circuits::close(&c, key).await },
-            )
-            .await?
-        }
-    };
-    if !first {
-        return Ok(());
-    }
-    let (event, detail) = match transition {
-        Transition::Opened { until, failures } => {
-            tracing::warn!(provider, integration_id = ?route.integration_id, %until, "circuit opened: the account keeps failing");
-            (
-                "circuit_opened",
-                json!({"until": until, "consecutive_failures": failures}),
-            )
-        }
-        Transition::Closed => {
-            tracing::info!(provider, integration_id = ?route.integration_id, "circuit closed: the account answers again");
-            ("circuit_closed", json!({}))
-        }
-    };
-    ctx.metrics
-        .circuit_transitions
-        .with_label_values(&[provider, event])
-        .inc();
-    let mut detail = detail;
-    detail["integration_id"] = json!(route.integration_id);
-    detail["route"] = json!(route.route.as_str());
-    let detail = &detail;
-    with_db(ctx, shutdown, |c| async move {
-        messages::record_account_event(
-            &c,
-            Some(&job.agent_id),
-            job.channel,
-            event,
-            provider,
-            detail,
-        )
-        .await
-    })
-    .await
-}
-
-/// Applies the agent's and the account's limits: per-second limits wait in
-/// memory when the wait is short; longer waits and exhausted hour / day
-/// quotas park the job until its turn.
-async fn check_limits(
-    ctx: &WorkerContext,
-    job: &SendJob,
-    agent: &AgentPolicy,
-    route: &ResolvedRoute,
-    shutdown: &CancellationToken,
-) -> Result<Result<Admitted, Park>, Stop> {
-    let marketing = job.category == Category::Marketing;
-    // (key, limit, whether its hour/day quotas apply to this job, units of
-    // them this job may not use)
-    let mut keys = Vec::new();
-    if let Some(limit) = agent.limits.get(&job.channel) {
-        // An agent's own hour/day quotas pace its marketing; transactional
-        // messages (codes, confirmations) are exempt from them.
-        keys.push((
-            format!("agent:{}:{}", job.agent_id, job.channel),
-            *limit,
-            marketing,
-            false,
-        ));
-    }
-    if let Some(id) = route.integration_id {
-        let limit = policy::RateLimit::from_json(route.settings.value("rate_limit"));
-        if !limit.is_empty() {
-            // The account's quotas are the provider's: every message counts,
-            // and marketing leaves a share for transactional ones.
-            keys.push((format!("integration:{id}"), limit, true, marketing));
-        }
-    }
-    let mut rate_slot = None;
-    for (key, limit, _, _) in &keys {
-        if let Some(per_second) = limit.per_second {
-            // The slot comes from Postgres, so the limit holds across every
-            // worker process (store::rate_slots).
-            let now = ctx.clock.now();
-            let wait_max = ctx.settings.rate_wait_max;
-            let slot = with_db(ctx, shutdown, |c| async move {
-                rate_slots::take(&c, key, job.id, per_second, now, wait_max).await
-            })
-            .await?;
-            let wait = (slot - now).to_std().unwrap_or(Duration::ZERO);
-            if wait > wait_max {
-                return Ok(Err(Park::deferred(
-                    slot,
-                    "rate_limit",
-                    json!({"key": key, "per_second": per_second.get()}),
-                )));
-            }
-            rate_slot = rate_slot.max(Some(slot));
-            if !wait.is_zero() {
-                tokio::select! {
-                    _ = ctx.clock.sleep_until(slot) => {}
-                    _ = shutdown.cancelled() => return Err(Stop::Shutdown),
-                }
-            }
-        }
-    }
-    let quotas: Vec<(String, Window, u32)> = keys
-        .iter()
-        .filter(|(_, _, applies, _)| *applies)
-        .flat_map(|(key, limit, _, leave_share)| {
-            let usable = |n: u32| {
-                if *leave_share {
-                    n - quotas::transactional_share(n)
-                } else {
-                    n
-                }
-            };
-            [
-                limit
-                    .per_hour
-                    .map(|n| (key.clone(), Window::Hour, usable(n.get()))),
-                limit
-                    .per_day
-                    .map(|n| (key.clone(), Window::Day, usable(n.get()))),
-            ]
-        })
-        .flatten()
-        .collect();
-    if quotas.is_empty() {
-        return Ok(Ok(Admitted {
-            quota: None,
-            rate_slot,
-        }));
-    }
-    let now = ctx.clock.now();
-    let full = {
-        let quotas = &quotas;
-        with_db(ctx, shutdown, |mut c| async move {
-            quotas::reserve(&mut c, quotas, now).await
-        })
-        .await?
-    };
-    Ok(match full {
-        Some(until) => Err(Park::deferred(
-            until,
-            "quota",
-            json!({"quota_resets_at": until}),
-        )),
-        None => Ok(Admitted {
-            quota: Some(Reserved { quotas, at: now }),
-            rate_slot,
-        }),
-    })
-}
-
-/// What the limits let through: the quota units taken and the per-second
-/// slot given, if any.
-struct Admitted {
-    quota: Option<Reserved>,
-    rate_slot: Option<DateTime<Utc>>,
-}
-
-/// Hour and day quota units a job took before its provider call, held
-/// until the call's result says whether anything was sent.
-struct Reserved {
-    quotas: Vec<(String, Window, u32)>,
-    at: DateTime<Utc>,
-}
-
-/// Gives the units back when the delivery sent nothing: parked (circuit
-/// open, long Retry-After) or refused. A message that was sent, or may have
-/// been (`unknown`), keeps them.
-async fn settle_quota(
-    ctx: &WorkerContext,
-    reserved: Option<Reserved>,
-    delivery: &Delivery,
-    shutdown: &CancellationToken,
-) -> Result<(), Stop> {
-    let Some(reserved) = reserved else {
-        return Ok(());
-    };
-    let sent_nothing =
-        delivery.park.is_some() || (delivery.result.is_err() && !delivery.unconfirmed);
-    if !sent_nothing {
-        return Ok(());
-    }
-    let reserved = &reserved;
-    with_db(ctx, shutdown, |mut c| async move {
-        quotas::release(&mut c, &reserved.quotas, reserved.at).await
-    })
-    .await
 }
 
 /// Suppressed and cancelled jobs get their final status; scheduled and
@@ -818,14 +375,14 @@ async fn apply_hold(
 
 /// What a delivery did before it was parked.
 #[derive(Default)]
-struct Attempted {
-    attempts: i32,
-    last_error: Option<String>,
-    events: Vec<EventRow>,
+pub(super) struct Attempted {
+    pub(super) attempts: i32,
+    pub(super) last_error: Option<String>,
+    pub(super) events: Vec<EventRow>,
 }
 
 /// Parks the job in `scheduled_jobs` and records why and until when.
-async fn park_job(
+pub(super) async fn park_job(
     ctx: &WorkerContext,
     job: &SendJob,
     route: Option<&ResolvedRoute>,
@@ -868,7 +425,7 @@ async fn park_job(
     Ok(Outcome::Deferred { until: park.until })
 }
 
-async fn record_delivery(
+pub(super) async fn record_delivery(
     ctx: &WorkerContext,
     job: &SendJob,
     route: &ResolvedRoute,
@@ -1150,7 +707,7 @@ async fn record_outcome(
 }
 
 /// Runs a database operation with a pooled client (see [`retry_db`]).
-async fn with_db<T, F, Fut>(
+pub(super) async fn with_db<T, F, Fut>(
     ctx: &WorkerContext,
     shutdown: &CancellationToken,
     op: F,
@@ -1199,7 +756,10 @@ where
     }
 }
 
-async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> Result<(), Stop> {
+pub(super) async fn sleep_or_shutdown(
+    delay: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
     tokio::select! {
         _ = tokio::time::sleep(delay) => Ok(()),
         _ = shutdown.cancelled() => Err(Stop::Shutdown),

@@ -7,8 +7,11 @@
 //! broker action lives in [`broker_action`] and nowhere else.
 
 pub mod consumer;
+mod failover;
 pub mod job;
+mod limits;
 pub mod scheduler;
+mod send;
 
 use std::sync::Arc;
 
