@@ -68,6 +68,8 @@ async fn a_dead_lettered_job_replayed_after_its_cause_is_fixed_is_sent_once() {
     // it instead (see pipeline.rs transient_failures_that_never_end_fail_and_
     // are_dead_lettered); 3 attempts and at-least-once for Twilio's 5xx is
     // how a job reaches switchboard.dead. Replay itself has no setting.
+    // Env::new()'s short backoff only shortens the wait between the three
+    // tries; what is recorded and replayed is the same at the default.
     env.set("SWITCHBOARD_MAX_ATTEMPTS", "3")
         .set("SWITCHBOARD_AT_LEAST_ONCE", "twilio");
     Mock::given(method("POST"))
