@@ -96,6 +96,14 @@ pub async fn start(
         crate::api::check_exposure(settings.http_addr, &settings).map_err(anyhow::Error::msg)?;
     }
     migrate_when_reachable(&settings, &shutdown).await?;
+    // Both halves decrypt integrations (the worker to send, the HTTP side
+    // for the API and webhook verification): a missing key stops here
+    // rather than failing every job through those integrations.
+    crate::keys::check_startup(
+        &store::pool(&settings.database_url, 1)?,
+        settings.keyring.as_ref(),
+    )
+    .await?;
     let metrics = Metrics::new();
     let ctx: Arc<WorkerContext> = WorkerContext::new(settings.clone(), metrics.clone())?;
     tracing::info!(

@@ -79,7 +79,8 @@ pub struct PlatformAccounts {
 /// provider. Peak RSS stays under 70 MB.
 pub const DEFAULT_PREFETCH: u16 = 512;
 
-#[derive(Debug, Clone)]
+/// `Debug` is written by hand (below) so that URL passwords are redacted.
+#[derive(Clone)]
 pub struct Settings {
     /// `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/switchboard`.
     pub database_url: String,
@@ -87,8 +88,11 @@ pub struct Settings {
     pub amqp_url: String,
     /// `SWITCHBOARD_HTTP_ADDR`, default `127.0.0.1:8080`.
     pub http_addr: SocketAddr,
-    /// `SWITCHBOARD_ENCRYPTION_KEY`: base64 of 32 bytes. Required by every
-    /// command that reads or writes integrations.
+    /// `SWITCHBOARD_ENCRYPTION_KEYS`: comma-separated base64 keys of 32
+    /// bytes each; the first encrypts, every one decrypts (README, "Rotating
+    /// the encryption key"). When unset, `SWITCHBOARD_ENCRYPTION_KEY` (one
+    /// key); when both are set, the single key must be the list's first.
+    /// Required by every command that reads or writes integrations.
     pub keyring: Option<Keyring>,
     /// `SWITCHBOARD_SIMULATE`, default false: lets the simulation provider be
     /// the last fallback.
@@ -153,6 +157,105 @@ pub struct Settings {
     pub scheduler_interval: Duration,
 }
 
+impl std::fmt::Debug for Settings {
+    /// Like a derived `Debug`, with the passwords in `DATABASE_URL`,
+    /// `AMQP_URL` and `SWITCHBOARD_PUBLIC_URL` replaced by `****` (secrets
+    /// proper are [`SecretString`]s and the keyring shows only key ids), so
+    /// settings can be logged whole.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Exhaustive on purpose: a new field does not compile until it is
+        // added here, so nobody adds a secret that `Debug` then prints.
+        let Settings {
+            database_url,
+            amqp_url,
+            http_addr,
+            keyring,
+            simulate,
+            api_token,
+            public_url,
+            provider_urls,
+            platform,
+            prefetch,
+            max_attempts,
+            at_least_once,
+            retry_base,
+            retry_max,
+            provider_timeout,
+            lease,
+            shutdown_grace,
+            db_pool_size,
+            db_batch_wait,
+            retry_park_after,
+            rate_wait_max,
+            circuit_threshold,
+            circuit_cooldown,
+            scheduler_interval,
+        } = self;
+        f.debug_struct("Settings")
+            .field("database_url", &redact_url(database_url))
+            .field("amqp_url", &redact_url(amqp_url))
+            .field("public_url", &public_url.as_deref().map(redact_url))
+            .field("http_addr", http_addr)
+            .field("keyring", keyring)
+            .field("simulate", simulate)
+            .field("api_token", api_token)
+            .field("provider_urls", provider_urls)
+            .field("platform", platform)
+            .field("prefetch", prefetch)
+            .field("max_attempts", max_attempts)
+            .field("at_least_once", at_least_once)
+            .field("retry_base", retry_base)
+            .field("retry_max", retry_max)
+            .field("provider_timeout", provider_timeout)
+            .field("lease", lease)
+            .field("shutdown_grace", shutdown_grace)
+            .field("db_pool_size", db_pool_size)
+            .field("db_batch_wait", db_batch_wait)
+            .field("retry_park_after", retry_park_after)
+            .field("rate_wait_max", rate_wait_max)
+            .field("circuit_threshold", circuit_threshold)
+            .field("circuit_cooldown", circuit_cooldown)
+            .field("scheduler_interval", scheduler_interval)
+            .finish()
+    }
+}
+
+/// `url` with its password (and a `password` query parameter, which
+/// libpq also accepts) replaced by `****`. A value that is not a URL (a
+/// libpq `key=value` string) is hidden whole if it mentions a password,
+/// since its quoting rules make a partial redaction easy to get wrong.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("****"));
+            }
+            if parsed
+                .query_pairs()
+                .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+            {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k.eq_ignore_ascii_case("password") {
+                            "****".to_string()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            parsed.to_string()
+        }
+        Err(_) if url.to_ascii_lowercase().contains("password") => {
+            "[not a URL; hidden because it holds a password]".to_string()
+        }
+        Err(_) => url.to_string(),
+    }
+}
+
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -188,10 +291,10 @@ impl Settings {
             })?;
         // An empty value (an env file's `KEY=` line) is no key, not a bad
         // one: commands that need no key (migrate, enqueue) still run.
-        let keyring = match lookup("SWITCHBOARD_ENCRYPTION_KEY") {
-            Some(k) if !k.trim().is_empty() => Some(Keyring::from_base64(k.trim())?),
-            _ => None,
-        };
+        let keyring = Keyring::from_env_values(
+            lookup("SWITCHBOARD_ENCRYPTION_KEY").as_deref(),
+            lookup("SWITCHBOARD_ENCRYPTION_KEYS").as_deref(),
+        )?;
         let simulate = match get("SWITCHBOARD_SIMULATE").as_deref() {
             None | Some("false" | "0" | "no") => false,
             Some("true" | "1" | "yes") => true,
@@ -369,6 +472,49 @@ mod tests {
             s.platform.twilio_auth_token.unwrap().expose_secret(),
             "tok-very-secret"
         );
+    }
+
+    #[test]
+    fn debug_output_redacts_url_passwords_tokens_and_keys() {
+        let key = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+        let s = settings(&[
+            (
+                "DATABASE_URL",
+                "postgres://sb:db-pass-1@db.internal:5432/sb?sslmode=require",
+            ),
+            ("AMQP_URL", "amqps://sb:mq-pass-2@mq.internal:5671/%2f"),
+            ("SWITCHBOARD_PUBLIC_URL", "https://hook:pub-pass-3@sb.example"),
+            ("SWITCHBOARD_API_TOKEN", "api-token-4"),
+            ("SWITCHBOARD_ENCRYPTION_KEYS", key),
+            ("RESEND_API_KEY", "re_secret_5"),
+            ("RESEND_WEBHOOK_SECRET", "whsec_secret_6"),
+            ("SENDGRID_API_KEY", "SG.secret_7"),
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        for secret in [
+            "db-pass-1",
+            "mq-pass-2",
+            "pub-pass-3",
+            "api-token-4",
+            key,
+            "re_secret_5",
+            "whsec_secret_6",
+            "SG.secret_7",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // What is not secret stays readable, for debugging.
+        assert!(shown.contains("postgres://sb:****@db.internal:5432/sb?sslmode=require"));
+        assert!(shown.contains("mq.internal"), "{shown}");
+        assert!(shown.contains(s.keyring.as_ref().unwrap().current_key_id()));
+
+        assert_eq!(
+            redact_url("postgres://sb@db/sb?password=hunter2&sslmode=require"),
+            "postgres://sb@db/sb?password=****&sslmode=require"
+        );
+        assert!(!redact_url("host=db user=sb password='a b'").contains("a b"));
+        assert_eq!(redact_url("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! disabling, disconnecting, and loading the decrypted settings at send time.
 //!
 //! This is the only module that joins the keyring, the provider registry and
-//! the `integrations` table. Plaintext secrets exist only in memory here and
+//! the `integrations` table (`keys` re-encrypts rows, through [`binding`]). Plaintext secrets exist only in memory here and
 //! in the adapters; they are never logged, returned or stored unencrypted.
 
 use chrono::{DateTime, Utc};
@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::crypto::{Keyring, KeyringError};
+use crate::crypto::{Keyring, KeyringError, SecretBinding};
 use crate::domain::Channel;
 use crate::providers::{ProviderSettings, Registry, SplitSettings, mask_secret, split_settings};
 use crate::store::{self, StoreError, integrations::IntegrationRow};
@@ -155,19 +155,34 @@ pub async fn connect_with(
         &Value::Object(config),
         active,
         |id| {
+            let binding = SecretBinding {
+                integration_id: id,
+                agent_id,
+                channel: channel.as_str(),
+            };
             secrets_json
                 .as_ref()
-                .map(|plain| keyring.encrypt(id.as_bytes(), plain.as_bytes()))
+                .map(|plain| keyring.encrypt(&binding, plain.as_bytes()))
         },
     )
     .await?;
     Ok(id)
 }
 
+/// What a row's secrets are bound to: the row's id, agent and channel, so
+/// that a row moved to another agent or channel no longer decrypts.
+pub fn binding(row: &IntegrationRow) -> SecretBinding<'_> {
+    SecretBinding {
+        integration_id: row.id,
+        agent_id: &row.agent_id,
+        channel: &row.channel,
+    }
+}
+
 fn decrypt(keyring: &Keyring, row: &IntegrationRow) -> Result<Map<String, Value>, KeyringError> {
     let mut merged = row.config.as_object().cloned().unwrap_or_default();
     if let Some((key_id, blob)) = &row.secrets {
-        let plain = keyring.decrypt(key_id, row.id.as_bytes(), blob)?;
+        let plain = keyring.decrypt(key_id, &binding(row), blob)?;
         let secrets: Map<String, Value> =
             serde_json::from_slice(&plain).map_err(|_| KeyringError::Undecryptable)?;
         merged.extend(secrets);

@@ -67,6 +67,10 @@ enum Command {
         #[command(subcommand)]
         command: switchboard::ops::DeadLettersCli,
     },
+    /// Re-encrypt every integration's secrets under the first key of
+    /// SWITCHBOARD_ENCRYPTION_KEYS (safe while workers run; resumable).
+    /// Reads DATABASE_URL, SWITCHBOARD_ENCRYPTION_KEYS / SWITCHBOARD_ENCRYPTION_KEY.
+    RotateKeys(switchboard::cli::rotate_keys::RotateKeysArgs),
     /// Send failed jobs again once their cause is fixed.
     Messages {
         #[command(subcommand)]
@@ -227,6 +231,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!(
                 "{}",
                 switchboard::cli::tokens::run(&settings, command).await?
+            );
+            Ok(())
+        }
+        Command::RotateKeys(args) => {
+            print!(
+                "{}",
+                switchboard::cli::rotate_keys::run(&settings, args).await?
             );
             Ok(())
         }

@@ -225,3 +225,69 @@ pub async fn mark_unverified(
         .await?;
     Ok(())
 }
+
+/// Up to `limit` integrations that hold secrets, in id order after
+/// `after` (start from `Uuid::nil()`: ids are random v4, never nil): one
+/// page of a `rotate-keys` pass, which continues from the last id it saw,
+/// walking the primary key.
+pub async fn page_with_secrets(
+    client: &impl GenericClient,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<IntegrationRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM integrations
+          WHERE id > $1 AND secrets_ciphertext IS NOT NULL
+          ORDER BY id
+          LIMIT $2"
+    );
+    let rows = client.query(&sql, &[&after, &limit]).await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
+/// Replaces a row's ciphertext only if the row still holds exactly what
+/// `row` read (compare-and-swap): an operator who reconnected the
+/// integration meanwhile, or a row moved to another agent or channel, is
+/// never overwritten with secrets re-encrypted from the older copy.
+/// Returns false when the row had changed (or is gone). `updated_at` is
+/// left alone: the integration's settings did not change.
+pub async fn replace_secrets(
+    client: &impl GenericClient,
+    row: &IntegrationRow,
+    key_id: &str,
+    ciphertext: &[u8],
+) -> Result<bool, StoreError> {
+    let Some((old_key_id, old_ciphertext)) = &row.secrets else {
+        return Ok(false);
+    };
+    let n = client
+        .execute(
+            "UPDATE integrations SET secrets_key_id = $5, secrets_ciphertext = $6
+              WHERE id = $1 AND agent_id = $2 AND channel = $3
+                AND secrets_key_id = $4 AND secrets_ciphertext = $7",
+            &[
+                &row.id,
+                &row.agent_id,
+                &row.channel,
+                old_key_id,
+                &key_id,
+                &ciphertext,
+                old_ciphertext,
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// One integration per key id that encrypted any secrets (the most
+/// recently changed): what start-up decrypts to prove it holds every key
+/// the stored rows need.
+pub async fn one_per_key(client: &impl GenericClient) -> Result<Vec<IntegrationRow>, StoreError> {
+    let sql = format!(
+        "SELECT DISTINCT ON (secrets_key_id) {COLUMNS} FROM integrations
+          WHERE secrets_key_id IS NOT NULL
+          ORDER BY secrets_key_id, updated_at DESC"
+    );
+    let rows = client.query(&sql, &[]).await?;
+    Ok(rows.iter().map(from_row).collect())
+}
