@@ -159,25 +159,45 @@ pub async fn rotate(
     mut progress: impl FnMut(&RotationReport),
 ) -> Result<RotationReport, StoreError> {
     let client = pool.get().await?;
-    let mut report = RotationReport {
-        key_id: keyring.current_key_id().to_string(),
-        ..Default::default()
-    };
+    let mut report = RotationReport::new(keyring);
     let mut after = Uuid::nil();
-    loop {
-        let rows =
-            store::integrations::page_with_secrets(&client, after, batch.clamp(1, 10_000)).await?;
-        let Some(last) = rows.last() else {
-            break;
-        };
-        after = last.id;
-        for row in rows {
-            report.scanned += 1;
-            rotate_row(&client, keyring, row, &mut report).await?;
-        }
+    while let Some(next) = rotate_batch(&client, keyring, after, batch, &mut report).await? {
+        after = next;
         progress(&report);
     }
     Ok(report)
+}
+
+impl RotationReport {
+    /// Nothing counted yet, for a pass to `keyring`'s current key.
+    pub fn new(keyring: &Keyring) -> Self {
+        Self {
+            key_id: keyring.current_key_id().to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// One batch of a pass: up to `batch` rows with ids after `after` (start
+/// with `Uuid::nil()`). Returns the id to continue after, or `None` when no
+/// rows were left.
+pub async fn rotate_batch(
+    client: &deadpool_postgres::Client,
+    keyring: &Keyring,
+    after: Uuid,
+    batch: i64,
+    report: &mut RotationReport,
+) -> Result<Option<Uuid>, StoreError> {
+    let rows =
+        store::integrations::page_with_secrets(client, after, batch.clamp(1, 10_000)).await?;
+    let Some(last) = rows.last().map(|r| r.id) else {
+        return Ok(None);
+    };
+    for row in rows {
+        report.scanned += 1;
+        rotate_row(client, keyring, row, report).await?;
+    }
+    Ok(Some(last))
 }
 
 async fn rotate_row(
