@@ -483,7 +483,10 @@ mod tests {
                 "postgres://sb:db-pass-1@db.internal:5432/sb?sslmode=require",
             ),
             ("AMQP_URL", "amqps://sb:mq-pass-2@mq.internal:5671/%2f"),
-            ("SWITCHBOARD_PUBLIC_URL", "https://hook:pub-pass-3@sb.example"),
+            (
+                "SWITCHBOARD_PUBLIC_URL",
+                "https://hook:pub-pass-3@sb.example",
+            ),
             ("SWITCHBOARD_API_TOKEN", "api-token-4"),
             ("SWITCHBOARD_ENCRYPTION_KEYS", key),
             ("RESEND_API_KEY", "re_secret_5"),

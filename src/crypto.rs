@@ -387,7 +387,10 @@ mod tests {
             binding("agent-as", "ms"),
         ] {
             assert!(
-                matches!(k.decrypt(&id, &other, &blob), Err(KeyringError::Undecryptable)),
+                matches!(
+                    k.decrypt(&id, &other, &blob),
+                    Err(KeyringError::Undecryptable)
+                ),
                 "{other:?}"
             );
         }
@@ -396,7 +399,9 @@ mod tests {
     #[test]
     fn wrong_key_is_named() {
         let (id, blob) = key(7).encrypt(&binding("a", "sms"), b"secret");
-        let err = key(8).decrypt(&id, &binding("a", "sms"), &blob).unwrap_err();
+        let err = key(8)
+            .decrypt(&id, &binding("a", "sms"), &blob)
+            .unwrap_err();
         assert!(matches!(&err, KeyringError::UnknownKey(k) if *k == id));
         assert!(err.to_string().contains(&id), "{err}");
     }
@@ -405,7 +410,9 @@ mod tests {
     fn legacy_ciphertexts_still_decrypt_and_are_not_current() {
         let k = key(7);
         let blob = legacy(7, ID, b"old secret");
-        let opened = k.open(k.current_key_id(), &binding("a", "sms"), &blob).unwrap();
+        let opened = k
+            .open(k.current_key_id(), &binding("a", "sms"), &blob)
+            .unwrap();
         assert_eq!(opened.plaintext, b"old secret");
         assert_eq!(opened.format, Format::Legacy);
         assert!(!opened.current, "rotate-keys must rewrite a legacy row");
@@ -435,7 +442,9 @@ mod tests {
             .unwrap();
         let blob = [nonce_bytes.as_slice(), ct.as_slice()].concat();
         let k = key(7);
-        let opened = k.open(k.current_key_id(), &binding("a", "sms"), &blob).unwrap();
+        let opened = k
+            .open(k.current_key_id(), &binding("a", "sms"), &blob)
+            .unwrap();
         assert_eq!(opened.plaintext, b"unlucky");
         assert_eq!(opened.format, Format::Legacy);
     }
@@ -448,13 +457,24 @@ mod tests {
         assert_eq!(both.key_ids().collect::<Vec<_>>().len(), 2);
         let opened = both.open(&old_id, &binding("a", "sms"), &old_blob).unwrap();
         assert_eq!(opened.plaintext, b"s1");
-        assert!(!opened.current, "written under a key that is no longer first");
+        assert!(
+            !opened.current,
+            "written under a key that is no longer first"
+        );
         let (new_id, new_blob) = both.encrypt(&binding("a", "sms"), b"s2");
         assert_eq!(new_id, key(2).current_key_id());
-        assert!(both.open(&new_id, &binding("a", "sms"), &new_blob).unwrap().current);
+        assert!(
+            both.open(&new_id, &binding("a", "sms"), &new_blob)
+                .unwrap()
+                .current
+        );
         // Once the old key is removed, only its rows stop decrypting.
         let new_only = ring(&b64(2));
-        assert!(new_only.decrypt(&new_id, &binding("a", "sms"), &new_blob).is_ok());
+        assert!(
+            new_only
+                .decrypt(&new_id, &binding("a", "sms"), &new_blob)
+                .is_ok()
+        );
         assert!(matches!(
             new_only.decrypt(&old_id, &binding("a", "sms"), &old_blob),
             Err(KeyringError::UnknownKey(_))
@@ -481,7 +501,10 @@ mod tests {
         assert!(err.contains(key(2).current_key_id()), "{err}");
         assert!(err.contains(key(1).current_key_id()), "{err}");
         assert!(err.contains("unset SWITCHBOARD_ENCRYPTION_KEY"), "{err}");
-        assert!(!err.contains(&one) && !err.contains(&two), "keys leak: {err}");
+        assert!(
+            !err.contains(&one) && !err.contains(&two),
+            "keys leak: {err}"
+        );
     }
 
     #[test]
@@ -496,7 +519,10 @@ mod tests {
         let err = Keyring::from_env_values(None, Some(&format!("{},short", b64(1))))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("SWITCHBOARD_ENCRYPTION_KEYS (entry 2)"), "{err}");
+        assert!(
+            err.contains("SWITCHBOARD_ENCRYPTION_KEYS (entry 2)"),
+            "{err}"
+        );
         let err = Keyring::from_env_values(None, Some(&format!("{},", b64(1))))
             .unwrap_err()
             .to_string();

@@ -69,7 +69,11 @@ pub async fn check_startup(pool: &Pool, keyring: Option<&Keyring>) -> Result<(),
         if rows.is_empty() {
             return Ok(());
         }
-        let ids = quoted(rows.iter().filter_map(|r| r.secrets.as_ref()).map(|s| s.0.as_str()));
+        let ids = quoted(
+            rows.iter()
+                .filter_map(|r| r.secrets.as_ref())
+                .map(|s| s.0.as_str()),
+        );
         return Err(StartupKeyError::NoKeyring { ids });
     };
     for row in &rows {

@@ -50,7 +50,10 @@ fn token(i: usize) -> String {
 /// another agent's, gets no 201).
 async fn mount_twilio(server: &MockServer, i: usize) {
     Mock::given(method("POST"))
-        .and(path(format!("/2010-04-01/Accounts/{}/Messages.json", sid(i))))
+        .and(path(format!(
+            "/2010-04-01/Accounts/{}/Messages.json",
+            sid(i)
+        )))
         .and(header(
             "authorization",
             basic_auth(&sid(i), &token(i)).as_str(),
@@ -366,7 +369,11 @@ async fn secrets_are_bound_to_agent_and_channel_and_legacy_rows_are_upgraded() {
         .await
         .unwrap();
     assert_eq!(activate(&env, moved).await, Ok(token(1)));
-    assert_eq!(activate(&env, legacy).await, Ok(token(2)), "legacy rows decrypt");
+    assert_eq!(
+        activate(&env, legacy).await,
+        Ok(token(2)),
+        "legacy rows decrypt"
+    );
 
     client
         .batch_execute(&format!(
@@ -384,7 +391,10 @@ async fn secrets_are_bound_to_agent_and_channel_and_legacy_rows_are_upgraded() {
         )
         .await
         .unwrap();
-    assert!(activate(&env, moved).await.is_err(), "moved to another channel");
+    assert!(
+        activate(&env, moved).await.is_err(),
+        "moved to another channel"
+    );
 
     let settings = env.settings();
     let pool = store::pool(&settings.database_url, 1).unwrap();
@@ -424,7 +434,10 @@ async fn rotation_never_overwrites_an_integration_changed_meanwhile() {
     let mut env = Env::with_defaults().await;
     let id = connect_agent(&env, 1).await;
     let client = env.db.client().await;
-    let stale = store::integrations::get(&client, id).await.unwrap().unwrap();
+    let stale = store::integrations::get(&client, id)
+        .await
+        .unwrap()
+        .unwrap();
 
     env.vars.remove("SWITCHBOARD_ENCRYPTION_KEY");
     env.set(
