@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod domain;
 pub mod http;
 pub mod integrations;
+pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod policy;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchboard::app::{self, IntegrationCommand, Parts, PolicyCommand};
-use switchboard::config::Settings;
+use switchboard::config::{LogFormat, Settings};
 use switchboard::domain::Channel;
 
 #[derive(Parser)]
@@ -197,19 +197,20 @@ enum IntegrationsCli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=warn,tokio_postgres=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = match LogFormat::from_env() {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    switchboard::logging::init(format);
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("switchboard: {e:#}");
+            switchboard::logging::fatal(format, &e);
             ExitCode::FAILURE
         }
     }
