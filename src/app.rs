@@ -130,6 +130,21 @@ pub async fn start(
             }
         });
     }
+    if let Some(addr) = settings.metrics_addr {
+        let metrics = metrics.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = http::serve_metrics(addr, metrics, token.clone()).await {
+                tracing::error!(error = %e, %addr, "metrics listener failed");
+                token.cancel();
+            }
+        });
+    } else if parts.http && !settings.http_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %settings.http_addr,
+            "/metrics is served on the public listener; set SWITCHBOARD_METRICS_ADDR to serve it apart"
+        );
+    }
     while tasks.join_next().await.is_some() {}
     tracing::info!("switchboard stopped");
     Ok(())

@@ -244,3 +244,22 @@ pub async fn prune_counters(
     let row = client.query_one(SQL, &[&before]).await?;
     Ok(row.get::<_, i64>(0) as u64)
 }
+
+/// How many jobs are parked, by reason, and how many of them were due
+/// before `overdue_before` (the scheduler should have republished them):
+/// for the `switchboard_jobs_parked*` gauges. Reasons are a fixed set in the
+/// code, so the result is small.
+pub async fn counts(
+    client: &impl GenericClient,
+    overdue_before: DateTime<Utc>,
+) -> Result<(Vec<(String, i64)>, i64), StoreError> {
+    let rows = client
+        .query(
+            "SELECT reason, count(*), count(*) FILTER (WHERE due_at < $1)
+               FROM scheduled_jobs GROUP BY reason",
+            &[&overdue_before],
+        )
+        .await?;
+    let overdue = rows.iter().map(|r| r.get::<_, i64>(2)).sum();
+    Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), overdue))
+}

@@ -8,6 +8,7 @@
 
 pub mod consumer;
 mod failover;
+pub mod gauges;
 pub mod job;
 mod limits;
 pub mod scheduler;
