@@ -425,7 +425,10 @@ mod tests {
         let err = settings(&[("SWITCHBOARD_LOG_FORMAT", "xml")]).unwrap_err();
         assert!(err.to_string().contains("SWITCHBOARD_LOG_FORMAT"), "{err}");
         let err = settings(&[("SWITCHBOARD_METRICS_ADDR", "9184")]).unwrap_err();
-        assert!(err.to_string().contains("SWITCHBOARD_METRICS_ADDR"), "{err}");
+        assert!(
+            err.to_string().contains("SWITCHBOARD_METRICS_ADDR"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -765,8 +765,9 @@ async fn get_when_up(http: &reqwest::Client, url: &str) -> String {
 /// `SWITCHBOARD_METRICS_ADDR` set: `/metrics` (and `/healthz`) on their own
 /// listener and not on `SWITCHBOARD_HTTP_ADDR`, which keeps `/healthz`,
 /// `/readyz` and the rest; and the gauges of shared state read from
-/// Postgres: a job parked until tomorrow, an open circuit of the platform's
-/// Twilio account, an agent at 90% of its daily SMS quota.
+/// Postgres: a job parked until tomorrow, open circuits of the platform's
+/// Twilio account and of an agent's, an agent at 90% of its daily SMS quota
+/// and its account at half its hourly one.
 #[tokio::test]
 async fn the_metrics_listener_serves_metrics_apart_with_the_shared_state_gauges() {
     let env = common::Env::with_defaults().await;
@@ -785,6 +786,17 @@ async fn the_metrics_listener_serves_metrics_apart_with_the_shared_state_gauges(
             SELECT 'agent:agent-g:sms', 'day', d, 9
               FROM unnest(ARRAY[date_trunc('day', now(), 'UTC'),
                                 date_trunc('day', now(), 'UTC') + interval '1 day']) AS d;
+            -- An agent's own Twilio account at half its hourly quota, its
+            -- circuit open too.
+            INSERT INTO integrations (id, agent_id, channel, provider, config)
+            VALUES ('00000000-0000-4000-8000-00000000000a', 'agent-g', 'sms', 'twilio',
+                    '{"rate_limit": {"per_hour": 100}}');
+            INSERT INTO rate_counters (key, span, window_start, count)
+            SELECT 'integration:00000000-0000-4000-8000-00000000000a', 'hour', h, 50
+              FROM unnest(ARRAY[date_trunc('hour', now(), 'UTC'),
+                                date_trunc('hour', now(), 'UTC') + interval '1 hour']) AS h;
+            INSERT INTO circuit_states (key, open_until)
+            VALUES ('integration:00000000-0000-4000-8000-00000000000a', now() + interval '1 day');
             "#,
         )
         .await
@@ -822,8 +834,9 @@ async fn the_metrics_listener_serves_metrics_apart_with_the_shared_state_gauges(
     let expected = [
         r#"switchboard_jobs_parked{reason="send_at"} 1"#,
         "switchboard_jobs_parked_overdue 0",
-        r#"switchboard_circuits_open{provider="twilio"} 1"#,
+        r#"switchboard_circuits_open{provider="twilio"} 2"#,
         r#"switchboard_quota_use_ratio{channel="sms",scope="agent",window="day"} 0.9"#,
+        r#"switchboard_quota_use_ratio{channel="sms",scope="account",window="hour"} 0.5"#,
     ];
     common::wait_for("the shared-state gauges", || async {
         let body = http
@@ -1277,10 +1290,7 @@ fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
             );
             continue;
         }
-        let passed = format!(
-            "passed for resource {}/{name}",
-            kind.to_ascii_lowercase()
-        );
+        let passed = format!("passed for resource {}/{name}", kind.to_ascii_lowercase());
         assert!(
             report.contains(&passed),
             "{file}: kubernetes-validate did not check {kind} {name}: {report}"
@@ -1400,7 +1410,9 @@ async fn the_kubernetes_manifests_agree_with_what_switchboard_serves() {
         Some(e) => e["value"].as_str().unwrap().parse().unwrap(),
         None => settings.shutdown_grace.as_secs(),
     };
-    let grace = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
     assert!(
         grace > drain,
         "terminationGracePeriodSeconds {grace} > SWITCHBOARD_SHUTDOWN_GRACE_SECS {drain}"
@@ -1424,9 +1436,15 @@ async fn the_kubernetes_manifests_agree_with_what_switchboard_serves() {
     for (what, spec) in [("Deployment", &pod["spec"]), ("Job", &job_pod["spec"])] {
         let security = &spec["securityContext"];
         assert_eq!(security["runAsNonRoot"], true, "{what}");
-        assert_eq!(security["runAsUser"], image_uid, "{what} runs as the image's user");
+        assert_eq!(
+            security["runAsUser"], image_uid,
+            "{what} runs as the image's user"
+        );
         let c = &spec["containers"][0];
-        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false, "{what}");
+        assert_eq!(
+            c["securityContext"]["allowPrivilegeEscalation"], false,
+            "{what}"
+        );
         assert!(c["resources"]["requests"]["memory"].is_string(), "{what}");
         assert!(c["resources"]["limits"]["memory"].is_string(), "{what}");
     }
@@ -1489,7 +1507,10 @@ async fn the_kubernetes_manifests_agree_with_what_switchboard_serves() {
         })
         .collect();
     assert_eq!(service_ports["http"], (http_port, "http".to_string()));
-    assert_eq!(service_ports["metrics"], (metrics_port, "metrics".to_string()));
+    assert_eq!(
+        service_ports["metrics"],
+        (metrics_port, "metrics".to_string())
+    );
     let pdb = manifest(&docs, "PodDisruptionBudget");
     for (k, v) in pdb["spec"]["selector"]["matchLabels"].as_object().unwrap() {
         assert_eq!(&labels[k], v, "the PodDisruptionBudget selects the pods");
@@ -1505,13 +1526,18 @@ async fn the_kubernetes_manifests_agree_with_what_switchboard_serves() {
     assert!(scaled["spec"]["minReplicaCount"].as_u64().unwrap() >= 2);
     let trigger = &scaled["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "rabbitmq");
-    assert_eq!(trigger["metadata"]["queueName"], switchboard::amqp::SEND_QUEUE);
+    assert_eq!(
+        trigger["metadata"]["queueName"],
+        switchboard::amqp::SEND_QUEUE
+    );
     assert_eq!(trigger["metadata"]["mode"], "QueueLength");
-    assert!(trigger["metadata"]["value"]
-        .as_str()
-        .unwrap()
-        .parse::<u64>()
-        .is_ok());
+    assert!(
+        trigger["metadata"]["value"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok()
+    );
     let auth = manifest(&docs, "TriggerAuthentication");
     assert_eq!(
         trigger["authenticationRef"]["name"],

@@ -114,7 +114,10 @@ async fn json_logs_are_one_object_per_line_with_the_jobs_ids_and_no_secrets() {
         .set("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
         .set("TWILIO_PHONE_NUMBER", "+14155550000")
         .set("SWITCHBOARD_API_TOKEN", API_TOKEN)
-        .set("SWITCHBOARD_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .set(
+            "SWITCHBOARD_HTTP_ADDR",
+            format!("127.0.0.1:{}", free_port()),
+        )
         .set("SWITCHBOARD_LOG_FORMAT", "json")
         .set("RUST_LOG", "info,switchboard=debug");
     let (mut child, stderr) = spawn_run(&env.vars);
