@@ -8,6 +8,7 @@
 
 pub mod consumer;
 mod failover;
+mod fallback;
 pub mod gauges;
 pub mod job;
 mod limits;
@@ -137,6 +138,7 @@ pub fn broker_action(outcome: &Outcome) -> BrokerAction {
         | Outcome::Duplicate
         | Outcome::Suppressed
         | Outcome::Cancelled
+        | Outcome::Capped
         | Outcome::Unknown => BrokerAction::Ack,
         Outcome::Deferred { .. } => BrokerAction::Ack,
         Outcome::Failed {
