@@ -137,6 +137,10 @@ pub fn router(state: ApiState) -> Router {
                 .delete(integrations::disconnect),
         )
         .route(
+            "/agents/{agent_id}/integrations/{channel}/test",
+            post(integrations::test),
+        )
+        .route(
             "/agents/{agent_id}/opt-outs",
             get(opt_outs::list)
                 .post(opt_outs::add)
