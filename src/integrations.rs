@@ -402,7 +402,12 @@ pub async fn connect_verified(
     registry: &Registry,
     request: ConnectRequest<'_>,
 ) -> Result<(Uuid, TestReport), IntegrationError> {
-    let (provider, split) = validate(registry, request.channel, request.provider, request.settings)?;
+    let (provider, split) = validate(
+        registry,
+        request.channel,
+        request.provider,
+        request.settings,
+    )?;
     let mut merged = split.config;
     merged.extend(split.secrets);
     let settings = ProviderSettings::new(merged);
@@ -413,7 +418,8 @@ pub async fn connect_verified(
             message,
         });
     }
-    let (agent_id, channel, priority) = (request.agent_id.trim(), request.channel, request.priority);
+    let (agent_id, channel, priority) =
+        (request.agent_id.trim(), request.channel, request.priority);
     let id = connect_with(pool, keyring, registry, request).await?;
     let client = pool.get().await.map_err(StoreError::from)?;
     let row = store::integrations::slot(&client, agent_id, (channel, priority))

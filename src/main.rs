@@ -315,7 +315,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     channel,
                     priority,
                 } => {
-                    let report = app::test_integration(&settings, &agent, channel, priority).await?;
+                    let report =
+                        app::test_integration(&settings, &agent, channel, priority).await?;
                     print!("{}", report.render());
                     return match report.exit_code() {
                         0 => Ok(()),

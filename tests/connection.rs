@@ -114,8 +114,14 @@ async fn twilio_fetches_the_account_with_basic_auth() {
     let Verdict::Verified(detail) = &verdict else {
         panic!("{verdict:?}")
     };
-    assert!(detail.contains("Realty Co") && detail.contains("active"), "{detail}");
-    assert!(!detail.contains(TWILIO_TOKEN), "the answer's auth_token is never read out");
+    assert!(
+        detail.contains("Realty Co") && detail.contains("active"),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains(TWILIO_TOKEN),
+        "the answer's auth_token is never read out"
+    );
     only_request(&mock).await;
 }
 
@@ -196,7 +202,10 @@ async fn resend_refuses_an_invalid_key_and_accepts_a_sending_only_one() {
         .await;
     let verdict = check(&mock, "resend", Channel::Email, resend_settings()).await;
     assert!(refused(&verdict).credentials_refused);
-    assert_eq!(verdict.message(), "HTTP 403 [invalid_api_key] API key is invalid");
+    assert_eq!(
+        verdict.message(),
+        "HTTP 403 [invalid_api_key] API key is invalid"
+    );
 
     // A key with "sending access" may not list domains; Resend said it is
     // valid, which is what sending needs.
@@ -558,7 +567,10 @@ async fn a_test_stores_verified_then_failed_without_the_secret_then_leaves_it_wh
     let id = env
         .connect_integration("agent-t", "email", "sendgrid", sendgrid_settings())
         .await;
-    assert_eq!(stored(&env, id).await, ("unverified".into(), false, false, None));
+    assert_eq!(
+        stored(&env, id).await,
+        ("unverified".into(), false, false, None)
+    );
     let settings = env.settings();
 
     let ok = scopes_mock(200, json!({"scopes": ["mail.send"]}))
@@ -571,8 +583,15 @@ async fn a_test_stores_verified_then_failed_without_the_secret_then_leaves_it_wh
     drop(ok);
     assert_eq!(report.verdict, VerdictKind::Verified);
     assert_eq!(report.exit_code(), 0);
-    assert!(report.render().starts_with("verified: sendgrid email integration of agent agent-t"));
-    assert_eq!(stored(&env, id).await, ("verified".into(), true, true, None));
+    assert!(
+        report
+            .render()
+            .starts_with("verified: sendgrid email integration of agent agent-t")
+    );
+    assert_eq!(
+        stored(&env, id).await,
+        ("verified".into(), true, true, None)
+    );
 
     // The key was revoked; SendGrid's answer quotes it back.
     let refused = scopes_mock(
@@ -590,9 +609,15 @@ async fn a_test_stores_verified_then_failed_without_the_secret_then_leaves_it_wh
     assert!(report.credentials_refused && !report.retryable);
     assert_eq!(report.exit_code(), 1);
     let (status, verified_at, tested_at, last_error) = stored(&env, id).await;
-    assert_eq!((status.as_str(), verified_at, tested_at), ("failed", false, true));
+    assert_eq!(
+        (status.as_str(), verified_at, tested_at),
+        ("failed", false, true)
+    );
     let last_error = last_error.unwrap();
-    assert!(last_error.contains("HTTP 401") && last_error.contains("revoked"), "{last_error}");
+    assert!(
+        last_error.contains("HTTP 401") && last_error.contains("revoked"),
+        "{last_error}"
+    );
     assert!(!last_error.contains(SG_KEY) && !report.message.contains(SG_KEY));
     assert!(!report.render().contains(SG_KEY));
 
@@ -614,13 +639,19 @@ async fn a_test_stores_verified_then_failed_without_the_secret_then_leaves_it_wh
     // Connecting again forgets the old verdict: new settings are untested.
     env.connect_integration("agent-t", "email", "sendgrid", sendgrid_settings())
         .await;
-    assert_eq!(stored(&env, id).await, ("unverified".into(), false, false, None));
+    assert_eq!(
+        stored(&env, id).await,
+        ("unverified".into(), false, false, None)
+    );
 
     // No integration: a clear error.
     let err = switchboard::app::test_integration(&settings, "agent-none", Channel::Email, 0)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("has no email integration"), "{err}");
+    assert!(
+        err.to_string().contains("has no email integration"),
+        "{err}"
+    );
 }
 
 /// Runs the binary to its end (off the test's runtime, which keeps serving
@@ -675,7 +706,10 @@ async fn the_cli_prints_the_verdict_and_exits_0_when_verified_and_1_when_refused
     let (code, out) = run_cli(&env, &args).await;
     drop(ok);
     assert_eq!(code, 0, "{out}");
-    assert!(out.starts_with("verified: twilio sms integration of agent agent-c"), "{out}");
+    assert!(
+        out.starts_with("verified: twilio sms integration of agent agent-c"),
+        "{out}"
+    );
     assert!(out.contains("is active"), "{out}");
 
     let _refused = account(
@@ -789,11 +823,19 @@ async fn the_api_tests_an_integration_for_the_platform_and_its_own_agent_only() 
             None,
         )
         .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
 
     // The listing shows when it was tested.
     let (_, shown) = api
-        .call(API_TOKEN, Method::GET, "/v1/agents/agent-a/integrations/email", None)
+        .call(
+            API_TOKEN,
+            Method::GET,
+            "/v1/agents/agent-a/integrations/email",
+            None,
+        )
         .await;
     assert_eq!(shown["verification_status"], "verified");
     assert!(shown["verified_at"].is_string() && shown["last_tested_at"].is_string());
@@ -832,7 +874,10 @@ async fn a_verified_connect_stores_nothing_the_provider_refuses() {
         .call(API_TOKEN, Method::PUT, path, Some(body.clone()))
         .await;
     drop(down);
-    assert_eq!((status, answer["error"]["code"].as_str()), (502, Some("connection_untested")));
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (502, Some("connection_untested"))
+    );
     assert_eq!(count(&env, "SELECT count(*) FROM integrations").await, 0);
 
     let _ok = scopes_mock(200, json!({"scopes": ["mail.send"]}))
@@ -877,7 +922,11 @@ async fn a_key_names_its_provider_when_none_is_given_and_is_refused_under_anothe
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.contains("looks like a SendGrid key"), "{message}");
     assert_eq!(
-        count(&env, "SELECT count(*) FROM integrations WHERE agent_id = 'agent-k2'").await,
+        count(
+            &env,
+            "SELECT count(*) FROM integrations WHERE agent_id = 'agent-k2'"
+        )
+        .await,
         0
     );
 
@@ -913,7 +962,10 @@ async fn a_key_names_its_provider_when_none_is_given_and_is_refused_under_anothe
     )
     .await
     .unwrap();
-    assert!(out.starts_with("connected twilio for sms of agent agent-k4"), "{out}");
+    assert!(
+        out.starts_with("connected twilio for sms of agent agent-k4"),
+        "{out}"
+    );
 
     // A Resend key under Mailgun, through the library call every path uses.
     let (pool, registry) = pool_and_registry(&env).await;

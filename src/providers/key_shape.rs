@@ -129,12 +129,12 @@ mod tests {
 
     #[test]
     fn shapes_name_their_providers() {
-        assert_eq!(
-            provider_for_key("SG.aBcD_eFgH.iJkLmNoP"),
-            Some("sendgrid")
-        );
+        assert_eq!(provider_for_key("SG.aBcD_eFgH.iJkLmNoP"), Some("sendgrid"));
         assert_eq!(provider_for_key("re_123abc"), Some("resend"));
-        assert_eq!(provider_for_key("key-3ax6xnjp29jd6fds4gc373sgvjxteol0"), Some("mailgun"));
+        assert_eq!(
+            provider_for_key("key-3ax6xnjp29jd6fds4gc373sgvjxteol0"),
+            Some("mailgun")
+        );
         assert_eq!(provider_for_key(SID), Some("twilio"));
         assert_eq!(provider_for_key(&format!(" {SID}\n")), Some("twilio"));
         // Almost: too short, not hex, an API key SID rather than an account.
@@ -142,7 +142,10 @@ mod tests {
         assert_eq!(provider_for_key("ACzz23456789abcdef0123456789abcdef"), None);
         assert_eq!(provider_for_key("SK0123456789abcdef0123456789abcdef"), None);
         // Shapeless keys name nothing.
-        assert_eq!(provider_for_key("a1b2c3d4-0000-4000-8000-000000000000"), None);
+        assert_eq!(
+            provider_for_key("a1b2c3d4-0000-4000-8000-000000000000"),
+            None
+        );
         assert_eq!(provider_for_key("sg.lowercase"), None);
         assert_eq!(provider_for_key(""), None);
     }

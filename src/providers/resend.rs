@@ -183,9 +183,11 @@ fn domains_verdict(reply: &Reply, s: &ProviderSettings) -> String {
         .and_then(Value::as_array)
         .map(|d| d.iter().collect())
         .unwrap_or_default();
-    let sender_domain = Mailbox::from_settings(s)
-        .ok()
-        .and_then(|m| m.email.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()));
+    let sender_domain = Mailbox::from_settings(s).ok().and_then(|m| {
+        m.email
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+    });
     let mut out = format!("Resend accepted the key ({} domain(s))", domains.len());
     if let Some(domain) = sender_domain {
         let status = domains
@@ -194,9 +196,9 @@ fn domains_verdict(reply: &Reply, s: &ProviderSettings) -> String {
             .map(|d| d.get("status").and_then(Value::as_str).unwrap_or("unknown"));
         match status {
             Some(status) => out.push_str(&format!("; sender domain {domain} is {status}")),
-            None if json.get("has_more").and_then(Value::as_bool) == Some(true) => {
-                out.push_str(&format!("; sender domain {domain} is not on the first page"))
-            }
+            None if json.get("has_more").and_then(Value::as_bool) == Some(true) => out.push_str(
+                &format!("; sender domain {domain} is not on the first page"),
+            ),
             None => out.push_str(&format!(
                 "; sender domain {domain} is not among them: Resend will refuse its mail"
             )),

@@ -357,6 +357,9 @@ mod tests {
             live.endpoint("acme"),
             "https://api.africastalking.com/version1/messaging"
         );
+        // The connection test's user-data read goes to the same host.
+        assert_eq!(live.base("sandbox"), SANDBOX_BASE_URL);
+        assert_eq!(live.base("acme"), LIVE_BASE_URL);
         let mock = AfricasTalking::new(reqwest::Client::new(), "http://127.0.0.1:9/");
         assert_eq!(
             mock.endpoint("sandbox"),

@@ -242,8 +242,12 @@ impl Provider for Meta {
     ) -> Result<String, ProviderError> {
         let token = s.require("access_token")?;
         let id = s.require("phone_number_id")?;
-        let reply =
-            execute(self.http.get(format!("{}/{id}", self.base_url)).bearer_auth(token)).await?;
+        let reply = execute(
+            self.http
+                .get(format!("{}/{id}", self.base_url))
+                .bearer_auth(token),
+        )
+        .await?;
         if !reply.is_success() {
             return Err(refusal(error(&reply)));
         }

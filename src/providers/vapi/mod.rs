@@ -174,7 +174,10 @@ impl Vapi {
         }
         let mut err = refusal(error(&reply));
         if reply.status == 404 {
-            err.message = format!("no {resource} `{id}` in this VAPI organisation: {}", err.message);
+            err.message = format!(
+                "no {resource} `{id}` in this VAPI organisation: {}",
+                err.message
+            );
         }
         Err(err)
     }
