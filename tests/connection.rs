@@ -888,6 +888,41 @@ async fn a_verified_connect_stores_nothing_the_provider_refuses() {
     assert_eq!(answer["verification_status"], "verified");
     assert_eq!(answer["connection_test"]["verdict"], "verified");
     assert_eq!(answer["settings"]["api_key"], "****cdef");
+
+    // `integrations connect --verify` takes the same path.
+    drop(_ok);
+    let _refused = scopes_mock(
+        401,
+        json!({"errors": [{"message": "authorization required"}]}),
+    )
+    .mount_as_scoped(&mock)
+    .await;
+    let err = switchboard::app::integrations_command(
+        &env.settings(),
+        switchboard::app::IntegrationCommand::Connect {
+            agent: "agent-v2".into(),
+            channel: Channel::Email,
+            provider: None,
+            settings: sendgrid_settings(),
+            priority: 0,
+            verify: true,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("the provider refused these settings: HTTP 401"),
+        "{err}"
+    );
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM integrations WHERE agent_id = 'agent-v2'"
+        )
+        .await,
+        0
+    );
 }
 
 #[tokio::test]
