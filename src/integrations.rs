@@ -1,5 +1,7 @@
-//! Agents' own provider accounts: connecting, listing (masked), enabling,
-//! disabling, disconnecting, and loading the decrypted settings at send time.
+//! Agents' own provider accounts: connecting (the provider named or read
+//! from a key's shape), listing (masked), enabling, disabling,
+//! disconnecting, testing their credentials against the provider (verdict
+//! stored), and loading the decrypted settings at send time.
 //!
 //! This is the only module that joins the keyring, the provider registry and
 //! the `integrations` table. Plaintext secrets exist only in memory here and
