@@ -407,11 +407,7 @@ pub async fn policy_command(settings: &Settings, command: PolicyCommand) -> anyh
             to,
         } => {
             // The address is compared as stored: normalise it for either kind.
-            let to = to.map(|t| {
-                normalise(Channel::Sms, &t)
-                    .or_else(|_| normalise(Channel::Email, &t))
-                    .unwrap_or(t)
-            });
+            let to = to.map(|t| crate::domain::Recipient::normalise_any(&t));
             let n = store::scheduled::cancel_sequence(
                 &mut client,
                 &agent,

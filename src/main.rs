@@ -57,6 +57,13 @@ enum Command {
         #[command(subcommand)]
         command: switchboard::cli::tokens::TokensCli,
     },
+    /// An agent's messages by channel and status, cost and quota use (JSON).
+    Usage(switchboard::cli::stats::UsageArgs),
+    /// Campaign statistics per channel (JSON).
+    Campaigns {
+        #[command(subcommand)]
+        command: switchboard::cli::stats::CampaignsCli,
+    },
     /// Cancel campaign sequences.
     Sequences {
         #[command(subcommand)]
@@ -265,6 +272,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Migrate => app::migrate(&settings).await,
+        Command::Usage(args) => {
+            print!("{}", switchboard::cli::stats::usage(&settings, args).await?);
+            Ok(())
+        }
+        Command::Campaigns { command } => {
+            print!(
+                "{}",
+                switchboard::cli::stats::campaigns(&settings, command).await?
+            );
+            Ok(())
+        }
         Command::Tokens { command } => {
             print!(
                 "{}",
