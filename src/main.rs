@@ -87,7 +87,8 @@ enum OptOutsCli {
     Add {
         #[arg(long, required_unless_present = "platform")]
         agent: Option<String>,
-        #[arg(long)]
+        /// Platform-wide (every agent); not with --agent.
+        #[arg(long, conflicts_with = "agent")]
         platform: bool,
         #[arg(long)]
         channel: Channel,
@@ -105,7 +106,8 @@ enum OptOutsCli {
     Remove {
         #[arg(long, required_unless_present = "platform")]
         agent: Option<String>,
-        #[arg(long)]
+        /// Platform-wide (every agent); not with --agent.
+        #[arg(long, conflicts_with = "agent")]
         platform: bool,
         #[arg(long)]
         channel: Channel,

@@ -558,6 +558,24 @@ async fn opt_outs_from_the_command_line() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("+14155550123"), "stored normalised: {out}");
+    // One agent's or everyone's, never both at once: refused, not half-done.
+    let both = [
+        "opt-outs",
+        "add",
+        "--agent",
+        "agent-o",
+        "--platform",
+        "--channel",
+        "sms",
+        "--address",
+        "+14155550124",
+    ];
+    let (ok, _, err) = run_cli(&both, &env.vars, None);
+    assert!(!ok);
+    assert!(
+        err.contains("--platform") && err.contains("--agent"),
+        "{err}"
+    );
     let (ok, _, err) = run_cli(
         &[
             "opt-outs",
