@@ -215,11 +215,15 @@ pub async fn cancel_steps(
                SET status = 'cancelled', lease_until = NULL, updated_at = now()
              WHERE id IN (SELECT id FROM d) AND status = ANY($6)
             RETURNING id, agent_id, channel
+        ), e AS (
+            INSERT INTO outbound_events (message_id, agent_id, channel, event, detail)
+            SELECT id, agent_id, channel, 'cancelled', $5 FROM m
         )
-        INSERT INTO outbound_events (message_id, agent_id, channel, event, detail)
-        SELECT id, agent_id, channel, 'cancelled', $5 FROM m";
-    Ok(client
-        .execute(
+        -- Every parked step counts, with a message row or not (a channel
+        -- fallback is parked before it has one).
+        SELECT count(*) FROM d";
+    let row = client
+        .query_one(
             SQL,
             &[
                 &filter.agent_id,
@@ -230,7 +234,8 @@ pub async fn cancel_steps(
                 &&CLAIMABLE[..],
             ],
         )
-        .await?)
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
 }
 
 /// Cancels a sequence for one recipient (or all): the parked steps now, and
