@@ -3,4 +3,5 @@
 //! its clap definition, its help text and what it prints.
 
 pub mod rotate_keys;
+pub mod stats;
 pub mod tokens;
