@@ -213,8 +213,23 @@ pub fn is_cert_url(raw: &str) -> bool {
             .unwrap_or(false)
 }
 
+/// A signing certificate's RSA public key and the end of its validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKey {
+    /// `RSAPublicKey` DER.
+    pub public_key: Vec<u8>,
+    /// `notAfter`, in seconds since the epoch.
+    pub not_after: i64,
+}
+
+impl SigningKey {
+    fn is_current(&self) -> bool {
+        chrono::Utc::now().timestamp() <= self.not_after
+    }
+}
+
 /// The public key of a PEM certificate, if it is an RSA certificate valid now.
-pub fn rsa_public_key(pem: &[u8]) -> Result<Vec<u8>, Invalid> {
+pub fn rsa_public_key(pem: &[u8]) -> Result<SigningKey, Invalid> {
     let bad = |why: String| Invalid::Certificate(why);
     let (_, pem) =
         x509_parser::pem::parse_x509_pem(pem).map_err(|e| bad(format!("not PEM: {e}")))?;
@@ -228,7 +243,10 @@ pub fn rsa_public_key(pem: &[u8]) -> Result<Vec<u8>, Invalid> {
     if spki.algorithm.algorithm != x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION {
         return Err(bad("not an RSA key".into()));
     }
-    Ok(spki.subject_public_key.data.to_vec())
+    Ok(SigningKey {
+        public_key: spki.subject_public_key.data.to_vec(),
+        not_after: cert.validity().not_after.timestamp(),
+    })
 }
 
 /// Certificates larger than this are not SNS's (theirs are about 2 KB).
@@ -241,8 +259,8 @@ const MAX_CACHED: usize = 64;
 /// subscriptions. One per HTTP server.
 pub struct Sns {
     http: reqwest::Client,
-    /// Public keys by certificate URL.
-    keys: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    /// Signing keys by certificate URL.
+    keys: Mutex<HashMap<String, Arc<SigningKey>>>,
 }
 
 /// The HTTP client for SNS: the system's roots plus `extra_roots` (DER; the
@@ -270,16 +288,25 @@ impl Sns {
 
     /// Checks that `message` was signed by SNS.
     pub async fn verify(&self, message: &Message) -> Result<(), CheckError> {
-        let key = self.public_key(&message.signing_cert_url).await?;
-        Ok(message.verify_with(&key)?)
+        let key = self.signing_key(&message.signing_cert_url).await?;
+        Ok(message.verify_with(&key.public_key)?)
     }
 
-    async fn public_key(&self, url: &str) -> Result<Arc<Vec<u8>>, CheckError> {
+    async fn signing_key(&self, url: &str) -> Result<Arc<SigningKey>, CheckError> {
         if !is_cert_url(url) {
             return Err(Invalid::NotSns(url.to_string()).into());
         }
-        if let Some(key) = self.keys.lock().expect("never poisoned").get(url) {
-            return Ok(key.clone());
+        {
+            let mut keys = self.keys.lock().expect("never poisoned");
+            match keys.get(url) {
+                Some(key) if key.is_current() => return Ok(key.clone()),
+                // Expired since it was fetched: fetch again (SNS serves a
+                // renewed certificate at a new URL; this one will refuse).
+                Some(_) => {
+                    keys.remove(url);
+                }
+                None => {}
+            }
         }
         let pem = self.get(url).await?;
         if pem.len() > MAX_CERT_BYTES {
@@ -310,6 +337,12 @@ impl Sns {
     async fn get(&self, url: &str) -> Result<bytes::Bytes, CheckError> {
         let unavailable = |e: reqwest::Error| CheckError::Unavailable(e.without_url().to_string());
         let response = self.http.get(url).send().await.map_err(unavailable)?;
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_CERT_BYTES as u64)
+        {
+            return Err(Invalid::Certificate(format!("{url} is too large")).into());
+        }
         let status = response.status();
         if status.is_client_error() {
             return Err(Invalid::Certificate(format!("SNS answered {status} for {url}")).into());
