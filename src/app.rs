@@ -392,12 +392,16 @@ pub async fn policy_command(settings: &Settings, command: PolicyCommand) -> anyh
 }
 
 /// `switchboard agents set`: what to change (all optional).
+#[derive(Debug, Default)]
 pub struct AgentSettings {
     pub agent: String,
     pub timezone: Option<String>,
     /// `HH:MM-HH:MM`, the recipient-local window for marketing.
     pub send_window: Option<String>,
+    /// `HH:MM-HH:MM`, the recipient-local hours voice calls may ring.
+    pub calling_hours: Option<String>,
     pub quiet_hours_email: Option<bool>,
+    pub allow_platform_fallback: Option<bool>,
     pub limits: Option<String>,
     pub company_name: Option<String>,
     pub reply_email: Option<String>,
@@ -423,6 +427,9 @@ pub struct AgentChanges {
     pub quiet_hours_email: Option<bool>,
     /// Per channel, like `{"sms": {"per_second": 2, "per_day": 500}}`.
     pub limits: Option<serde_json::Value>,
+    /// May a job fall back to the platform's account when the agent's own
+    /// accounts refuse (off by default: the agent pays for its sends).
+    pub allow_platform_fallback: Option<bool>,
 }
 
 impl AgentChanges {
@@ -432,6 +439,7 @@ impl AgentChanges {
             company_name: self.company_name,
             from_name: self.from_name,
             quiet_hours_email: self.quiet_hours_email,
+            allow_platform_fallback: self.allow_platform_fallback,
             ..Default::default()
         };
         if let Some(tz) = self.timezone {
@@ -475,9 +483,10 @@ pub async fn set_agent(settings: &Settings, a: AgentSettings) -> anyhow::Result<
         from_name: a.from_name,
         timezone: a.timezone,
         send_window: a.send_window,
-        calling_hours: None,
+        calling_hours: a.calling_hours,
         quiet_hours_email: a.quiet_hours_email,
         limits,
+        allow_platform_fallback: a.allow_platform_fallback,
     }
     .validate()
     .map_err(|e| anyhow::anyhow!(e))?;

@@ -119,9 +119,17 @@ enum AgentsCli {
         /// Recipient-local window for marketing, like 09:00-20:00.
         #[arg(long)]
         send_window: Option<String>,
+        /// Recipient-local hours voice calls may ring, for every category,
+        /// like 09:00-20:00 (default 08:00-21:00, the US rule).
+        #[arg(long)]
+        calling_hours: Option<String>,
         /// Apply quiet hours to marketing email too.
         #[arg(long)]
         quiet_hours_email: Option<bool>,
+        /// Let jobs fall back to the platform's account when every account
+        /// of the agent's own refuses (revoked key, circuit open).
+        #[arg(long)]
+        allow_platform_fallback: Option<bool>,
         /// Per channel, like '{"sms": {"per_second": 2, "per_day": 500}}'.
         #[arg(long)]
         limits: Option<String>,
@@ -313,7 +321,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     agent,
                     timezone,
                     send_window,
+                    calling_hours,
                     quiet_hours_email,
+                    allow_platform_fallback,
                     limits,
                     company_name,
                     reply_email,
@@ -324,7 +334,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 agent,
                 timezone,
                 send_window,
+                calling_hours,
                 quiet_hours_email,
+                allow_platform_fallback,
                 limits,
                 company_name,
                 reply_email,

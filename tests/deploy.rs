@@ -292,6 +292,10 @@ fn the_job_schema_is_a_valid_schema_of_exactly_the_v1_fields() {
         "sequence_id",
         "step",
         "metadata",
+        "contact_id",
+        "cap",
+        "fallback",
+        "parent_id",
     ]
     .into_iter()
     .map(|k| (k.to_string(), json!(1)))
@@ -437,8 +441,66 @@ fn the_worker_and_the_schema_agree_on_a_corpus_of_jobs() {
             with(&email, json!({"subject": "s".repeat(998)})),
         ),
         ("negative step", with(&sms, json!({"step": -1}))),
+        (
+            "a contact id and a cap mode",
+            with(&sms, json!({"contact_id": "lead-77", "cap": "drop"})),
+        ),
+        ("cap defer", with(&sms, json!({"cap": "defer"}))),
+        (
+            "a fallback to whatsapp, then email",
+            with(
+                &sms,
+                json!({"fallback": [{"channel": "whatsapp"},
+                                    {"channel": "email", "to": "lead@example.com",
+                                     "subject": "Open house", "text": "Saturday"}]}),
+            ),
+        ),
+        (
+            "a parent id",
+            with(
+                &sms,
+                json!({"parent_id": "6f1c1c7e-3f55-4b9e-9d57-0f0e6f1a2b3c"}),
+            ),
+        ),
     ];
     let invalid: Vec<(&str, Value)> = vec![
+        ("cap not a mode", with(&sms, json!({"cap": "skip"}))),
+        (
+            "fallback not an array",
+            with(&sms, json!({"fallback": {"channel": "sms"}})),
+        ),
+        (
+            "fallback without a channel",
+            with(&sms, json!({"fallback": [{"to": "+14155550123"}]})),
+        ),
+        (
+            "fallback setting the category",
+            with(
+                &sms,
+                json!({"fallback": [{"channel": "sms", "category": "marketing"}]}),
+            ),
+        ),
+        (
+            "fallback to an unknown channel",
+            with(&sms, json!({"fallback": [{"channel": "fax"}]})),
+        ),
+        (
+            "five fallbacks",
+            with(
+                &sms,
+                json!({"fallback": [{"channel": "sms"}, {"channel": "sms"},
+                {"channel": "sms"}, {"channel": "sms"}, {"channel": "sms"}]}),
+            ),
+        ),
+        (
+            "parent id not a uuid",
+            with(&sms, json!({"parent_id": "job-1"})),
+        ),
+        ("contact id a number", with(&sms, json!({"contact_id": 7}))),
+        (
+            "contact id with a line break",
+            with(&sms, json!({"contact_id": "a\nb"})),
+        ),
         ("no id", with(&sms, json!({"id": null}))),
         ("no agent_id", with(&sms, json!({"agent_id": null}))),
         ("no channel", with(&sms, json!({"channel": null}))),

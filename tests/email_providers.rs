@@ -303,13 +303,9 @@ async fn the_platform_account_sends_with_the_agents_name_and_reply_to() {
         &env.settings(),
         switchboard::app::AgentSettings {
             agent: "agent-branded".into(),
-            timezone: None,
-            send_window: None,
-            quiet_hours_email: None,
-            limits: None,
             company_name: Some("Realty Co".into()),
             reply_email: Some("jane@realty.test".into()),
-            from_name: None,
+            ..Default::default()
         },
     )
     .await

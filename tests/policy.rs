@@ -605,10 +605,7 @@ async fn the_agents_window_and_zone_apply_when_the_recipients_zone_is_unknown() 
             timezone: Some("Europe/Paris".into()),
             send_window: Some("10:00-18:00".into()),
             quiet_hours_email: Some(true),
-            limits: None,
-            company_name: None,
-            reply_email: None,
-            from_name: None,
+            ..Default::default()
         },
     )
     .await
@@ -1065,4 +1062,115 @@ async fn the_job_that_opens_the_circuit_is_deferred_not_failed_at_the_defaults()
         .await,
         0
     );
+}
+
+/// Issue 17, at the defaults: an agent capped at 2 marketing messages a day
+/// per person. Two go (to two numbers of one contact); the third, to the
+/// first number with the same contact id, waits for the next day in the
+/// recipient's zone (New York, from the number); a transactional message
+/// neither counts nor waits; a marketing job that says `"cap": "drop"` ends
+/// `capped` without a provider call. At New York's midnight the parked one
+/// is sent.
+#[tokio::test]
+async fn a_cap_of_two_a_day_defers_the_third_marketing_message_to_the_recipients_next_day() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_TWILIO_BASE_URL", server.uri())
+        .set("TWILIO_ACCOUNT_SID", SID)
+        .set("TWILIO_AUTH_TOKEN", "platform-token")
+        .set("TWILIO_PHONE_NUMBER", "+14155550000");
+    sql(
+        &env,
+        r#"INSERT INTO agents (id, limits, send_window_start, send_window_end)
+           VALUES ('agent-cap', '{"per_recipient": {"per_day": 2}}', '00:00', '23:59')"#,
+    )
+    .await;
+    // 10:00 in New York.
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T15:00:00Z")));
+    let worker = env.start_worker_with_clock(clock.clone());
+    let publisher = env.publisher().await;
+    let marketing = |to: &str, extra: serde_json::Value| {
+        let mut j = sms_job("agent-cap", to);
+        j["category"] = json!("marketing");
+        j.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        j
+    };
+    let first = marketing("+12125550123", json!({"contact_id": "lead-7"}));
+    let second = marketing("+12125550199", json!({"contact_id": "lead-7"}));
+    let third = marketing("+12125550123", json!({"contact_id": "lead-7"}));
+    let dropped = marketing(
+        "+12125550199",
+        json!({"contact_id": "lead-7", "cap": "drop"}),
+    );
+    let transactional = sms_job("agent-cap", "+12125550123");
+    for j in [&first, &second] {
+        publisher.publish(j).await;
+        env.wait_for_status(job_id(j), "sent").await;
+    }
+    publisher.publish(&third).await;
+    env.wait_for_status(job_id(&third), "deferred").await;
+    assert_eq!(
+        due_at(&env, job_id(&third)).await,
+        Some(at("2026-01-16T05:00:00Z")),
+        "midnight in New York"
+    );
+    let events = env.event_details(job_id(&third)).await;
+    let deferred = &events.iter().find(|(e, _)| e == "deferred").unwrap().1;
+    assert_eq!(deferred["reason"], "frequency_cap");
+    assert_eq!(deferred["window"], "day");
+    publisher.publish(&dropped).await;
+    env.wait_for_status(job_id(&dropped), "capped").await;
+    publisher.publish(&transactional).await;
+    env.wait_for_status(job_id(&transactional), "sent").await;
+    assert_eq!(requests(&server).await, 3);
+
+    clock.set(at("2026-01-16T05:00:01Z"));
+    env.wait_for_status(job_id(&third), "sent").await;
+    worker.stop().await;
+    assert_eq!(requests(&server).await, 4);
+    assert_eq!(env.events(job_id(&dropped)).await, vec!["queued", "capped"]);
+}
+
+/// At the defaults, ten marketing jobs to one person published at once (a
+/// full prefetch works on them together): exactly the cap's two are sent,
+/// because places are taken under a lock per person.
+#[tokio::test]
+async fn jobs_for_one_person_in_flight_together_never_pass_the_cap() {
+    let server = MockServer::start().await;
+    twilio_ok(&server).await;
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_TWILIO_BASE_URL", server.uri())
+        .set("TWILIO_ACCOUNT_SID", SID)
+        .set("TWILIO_AUTH_TOKEN", "platform-token")
+        .set("TWILIO_PHONE_NUMBER", "+14155550000");
+    sql(
+        &env,
+        r#"INSERT INTO agents (id, limits, send_window_start, send_window_end)
+           VALUES ('agent-cap2', '{"per_recipient": {"per_day": 2, "per_week": 5}}',
+                   '00:00', '23:59')"#,
+    )
+    .await;
+    let clock = Arc::new(ManualClock::new(at("2026-01-15T15:00:00Z")));
+    let worker = env.start_worker_with_clock(clock.clone());
+    let publisher = env.publisher().await;
+    let jobs: Vec<_> = (0..10)
+        .map(|_| {
+            let mut j = sms_job("agent-cap2", "+12125550123");
+            j["category"] = json!("marketing");
+            j
+        })
+        .collect();
+    for j in &jobs {
+        publisher.publish(j).await;
+    }
+    wait_until("2 sent and 8 deferred", || async {
+        (count_status(&env, "sent").await == 2 && count_status(&env, "deferred").await == 8)
+            .then_some(())
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(requests(&server).await, 2);
 }

@@ -662,6 +662,10 @@ async fn agent_settings_from_the_command_line() {
             "agent-set",
             "--quiet-hours-email",
             "true",
+            "--calling-hours",
+            "09:00-20:00",
+            "--allow-platform-fallback",
+            "true",
         ],
         &env.vars,
         None,
@@ -672,9 +676,16 @@ async fn agent_settings_from_the_command_line() {
     let row: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(row["quiet_hours_email"], true);
     assert_eq!(row["company_name"], "Maison Realty");
+    assert_eq!(row["calling_hours_start"], "09:00:00");
+    assert_eq!(row["calling_hours_end"], "20:00:00");
+    assert_eq!(row["allow_platform_fallback"], true);
     for (args, expected) in [
         (vec!["--timezone", "Mars/Base"], "not an IANA time zone"),
         (vec!["--send-window", "9-5"], "09:00-20:00"),
+        (
+            vec!["--calling-hours", "8am-9pm"],
+            "calling_hours must look like",
+        ),
         (
             vec!["--limits", r#"{"fax": {"per_second": 1}}"#],
             "unknown channel `fax`",

@@ -46,6 +46,7 @@ fn message_json(m: &MessageRow) -> Value {
         "attempts": m.attempts,
         "last_error": m.last_error,
         "campaign_id": m.campaign_id,
+        "parent_id": m.parent_id,
         "created_at": m.created_at,
         "updated_at": m.updated_at,
     })
@@ -293,6 +294,7 @@ mod tests {
             campaign_id: None,
             created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
             updated_at: Utc::now(),
+            parent_id: None,
         };
         let (at, id) = decode_cursor(&encode_cursor(&row)).unwrap();
         assert_eq!((at, id), (row.created_at, row.id));

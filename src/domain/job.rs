@@ -107,6 +107,35 @@ pub struct SendJob {
     pub timezone: Option<chrono_tz::Tz>,
     pub campaign: CampaignRef,
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The publisher's id for the person, so that the per-recipient cap
+    /// counts their email, phone and WhatsApp as one person.
+    pub contact_id: Option<String>,
+    /// What a marketing job over the agent's per-recipient cap does.
+    pub cap: CapMode,
+    /// Channels to try next when this one cannot deliver
+    /// ([`super::fallback`]): entries of channel and content, in order.
+    pub fallback: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// The job this one falls back from.
+    pub parent_id: Option<Uuid>,
+}
+
+/// A marketing job over the agent's per-recipient frequency cap
+/// (`agents.limits.per_recipient`) waits for the window to allow it
+/// (`defer`, the default) or ends `capped` (`drop`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CapMode {
+    #[default]
+    Defer,
+    Drop,
+}
+
+impl CapMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapMode::Defer => "defer",
+            CapMode::Drop => "drop",
+        }
+    }
 }
 
 /// A job that cannot be processed, with what we could still read of it.
@@ -159,6 +188,14 @@ pub struct SendJobV1 {
     pub step: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_id: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<serde_json::Value>,
 }
 
 impl SendJob {
@@ -254,6 +291,14 @@ impl SendJob {
         if !self.metadata.is_empty() {
             put("metadata", Some(self.metadata.clone().into()));
         }
+        put("contact_id", self.contact_id.clone().map(Into::into));
+        if self.cap != CapMode::default() {
+            put("cap", Some(self.cap.as_str().into()));
+        }
+        if !self.fallback.is_empty() {
+            put("fallback", Some(self.fallback.clone().into()));
+        }
+        put("parent_id", self.parent_id.map(|p| p.to_string().into()));
         v
     }
 }
@@ -427,6 +472,24 @@ impl SendJobV1 {
             Some(serde_json::Value::Object(m)) => m.clone(),
             Some(_) => return Err(reject("field `metadata` must be an object".into())),
         };
+        let contact_id = short_field("contact_id", &self.contact_id)?;
+        let cap = match text_field("cap", &self.cap)?.as_deref() {
+            None | Some("defer") => CapMode::Defer,
+            Some("drop") => CapMode::Drop,
+            Some(other) => {
+                return Err(reject(format!(
+                    "field `cap` must be \"defer\" or \"drop\", not `{}`",
+                    shown(&other)
+                )));
+            }
+        };
+        let fallback = fallback_entries(&self.fallback).map_err(reject)?;
+        let parent_id = text_field("parent_id", &self.parent_id)?
+            .map(|p| {
+                Uuid::parse_str(&p)
+                    .map_err(|_| reject("field `parent_id` must be a UUID string".into()))
+            })
+            .transpose()?;
 
         let content = Content {
             subject,
@@ -438,7 +501,7 @@ impl SendJobV1 {
         };
         check_content(channel, &content).map_err(reject)?;
 
-        Ok(SendJob {
+        let job = SendJob {
             id,
             agent_id,
             channel,
@@ -449,8 +512,55 @@ impl SendJobV1 {
             timezone,
             campaign,
             metadata,
-        })
+            contact_id,
+            cap,
+            fallback,
+            parent_id,
+        };
+        // Each entry must make a job that could be sent: a fallback found
+        // broken only after its parent failed would lose the message.
+        if let Some(Err(reason)) = job.fallback_job() {
+            return Err(reject(format!("field `fallback`: {reason}")));
+        }
+        Ok(job)
     }
+}
+
+/// Reads `fallback`: an array of objects naming a channel and, optionally,
+/// the address and content for it.
+fn fallback_entries(
+    v: &Option<serde_json::Value>,
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, String> {
+    use super::fallback::{ENTRY_FIELDS, MAX_FALLBACK_STEPS};
+    let entries = match v {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(serde_json::Value::Array(a)) => a,
+        Some(_) => return Err("field `fallback` must be an array of {channel, …}".into()),
+    };
+    if entries.len() > MAX_FALLBACK_STEPS {
+        return Err(format!(
+            "field `fallback` may name at most {MAX_FALLBACK_STEPS} channels"
+        ));
+    }
+    entries
+        .iter()
+        .map(|e| {
+            let obj = e
+                .as_object()
+                .ok_or("field `fallback`: each entry must be an object")?;
+            if !obj.contains_key("channel") {
+                return Err("field `fallback`: each entry needs a `channel`".to_string());
+            }
+            if let Some(k) = obj.keys().find(|k| !ENTRY_FIELDS.contains(&k.as_str())) {
+                return Err(format!(
+                    "field `fallback`: an entry may not set `{}` (only {})",
+                    shown(k),
+                    ENTRY_FIELDS.join(", ")
+                ));
+            }
+            Ok(obj.clone())
+        })
+        .collect()
 }
 
 /// Each channel needs something to send; a job without it can never succeed,

@@ -4,6 +4,7 @@
 //! talks to RabbitMQ, Postgres or a provider takes these types as input.
 
 mod address;
+pub mod fallback;
 mod job;
 
 use std::fmt;
@@ -12,7 +13,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use address::{EmailAddress, PhoneNumber, Recipient, mask};
-pub use job::{CampaignRef, Category, Content, Rejection, SendJob, SendJobV1, metadata_pairs};
+pub use job::{
+    CampaignRef, CapMode, Category, Content, Rejection, SendJob, SendJobV1, metadata_pairs,
+};
 
 /// The ways switchboard can reach a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

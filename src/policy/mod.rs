@@ -1,6 +1,7 @@
 //! Policy: what may be sent, to whom, and when. Checked before every send,
 //! in one order: suppression (opt-outs, cancelled sequences) → `send_at` →
-//! quiet hours → rate limits and quotas → the account's circuit breaker.
+//! quiet hours → the per-recipient frequency cap → rate limits and quotas →
+//! the account's circuit breaker.
 //!
 //! The pure decisions live here and take the time as an argument; the worker
 //! supplies the data (read with the claim, in the same round trip) and
@@ -8,6 +9,7 @@
 
 pub mod circuit;
 mod country_zones;
+pub mod frequency_cap;
 mod prefix_zones;
 pub mod quiet_hours;
 pub mod whatsapp_window;
@@ -73,6 +75,10 @@ impl RateLimit {
             "limits must be an object keyed by channel, like {\"sms\": {\"per_second\": 2}}",
         )?;
         for (channel, limit) in obj {
+            if channel == "per_recipient" {
+                frequency_cap::FrequencyCap::check_json(limit)?;
+                continue;
+            }
             channel.parse::<Channel>()?;
             Self::check_json(limit, &format!("limits.{channel}"))?;
         }
@@ -95,6 +101,9 @@ pub struct AgentPolicy {
     /// the US TCPA's hours).
     pub calling_hours: SendWindow,
     pub limits: HashMap<Channel, RateLimit>,
+    /// Marketing messages to one person, across channels
+    /// (`limits.per_recipient`).
+    pub frequency_cap: frequency_cap::FrequencyCap,
 }
 
 /// The calling hours an agent has unless it widens them.
@@ -113,6 +122,7 @@ impl Default for AgentPolicy {
             quiet_hours_email: false,
             calling_hours: default_calling_hours(),
             limits: HashMap::new(),
+            frequency_cap: Default::default(),
         }
     }
 }
@@ -157,6 +167,7 @@ impl AgentPolicy {
                 end: time("calling_hours_end", default_calling_hours().end),
             },
             limits,
+            frequency_cap: frequency_cap::FrequencyCap::from_limits(row.get("limits")),
         }
     }
 }

@@ -111,6 +111,17 @@ impl ProviderError {
         self.kind == ErrorKind::Transient
     }
 
+    /// The recipient cannot be reached on this channel at all, though
+    /// another channel may reach them (a job's `fallback`): Twilio 21614 (a
+    /// landline or other number that takes no SMS), 21612 (not reachable
+    /// by SMS), 63003 (no WhatsApp on the number), Meta 131026 (message
+    /// undeliverable: no WhatsApp, or an old client).
+    pub fn is_unreachable_on_channel(&self) -> bool {
+        const CODES: [&str; 4] = ["21614", "21612", "63003", "131026"];
+        self.kind == ErrorKind::Permanent
+            && self.code.as_deref().is_some_and(|c| CODES.contains(&c))
+    }
+
     /// A permanent refusal of the account rather than of the message: its
     /// credentials (401, 403, a revoked token) or its standing (Twilio
     /// 20005 / 10001 "account not active", 30002 "account suspended"). Another

@@ -18,6 +18,9 @@ pub struct AgentUpdate {
     pub calling_hours: Option<(NaiveTime, NaiveTime)>,
     pub quiet_hours_email: Option<bool>,
     pub limits: Option<serde_json::Value>,
+    /// Whether a job may fail over to the platform's account when every
+    /// account of the agent's own is refusing (see `worker::failover`).
+    pub allow_platform_fallback: Option<bool>,
 }
 
 /// Creates the agent if needed and applies the update; returns the row.
@@ -50,6 +53,7 @@ pub async fn update(
                 limits = COALESCE($9, limits),
                 calling_hours_start = COALESCE($10, calling_hours_start),
                 calling_hours_end = COALESCE($11, calling_hours_end),
+                allow_platform_fallback = COALESCE($12, allow_platform_fallback),
                 updated_at = now()
               WHERE id = $1",
             &[
@@ -64,6 +68,7 @@ pub async fn update(
                 &u.limits,
                 &call_start,
                 &call_end,
+                &u.allow_platform_fallback,
             ],
         )
         .await?;

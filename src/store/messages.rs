@@ -108,9 +108,10 @@ pub const CLAIM_SQL: &str = "
         ), claimed AS (
             INSERT INTO outbound_messages AS m
                 (id, agent_id, channel, recipient, category, status,
-                 campaign_id, sequence_id, step, job, lease_until, owner)
+                 campaign_id, sequence_id, step, job, lease_until, owner, parent_id)
             SELECT id, agent_id, channel, recipient, category, 'queued',
-                   campaign_id, sequence_id, step, job, now() + make_interval(secs => $10), owner
+                   campaign_id, sequence_id, step, job, now() + make_interval(secs => $10), owner,
+                   (job->>'parent_id')::uuid
               FROM input ORDER BY id
             ON CONFLICT (id) DO UPDATE
                 SET lease_until = EXCLUDED.lease_until, owner = EXCLUDED.owner,
@@ -520,10 +521,13 @@ pub struct MessageRow {
     pub campaign_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The job this one falls back from (channel fallback).
+    pub parent_id: Option<Uuid>,
 }
 
 const MESSAGE_COLUMNS: &str = "id, agent_id, channel, recipient, status, route, provider,
-    integration_id, provider_message_id, attempts, last_error, campaign_id, created_at, updated_at";
+    integration_id, provider_message_id, attempts, last_error, campaign_id, created_at, updated_at,
+    parent_id";
 
 fn message_from_row(r: &tokio_postgres::Row) -> MessageRow {
     MessageRow {
@@ -541,6 +545,7 @@ fn message_from_row(r: &tokio_postgres::Row) -> MessageRow {
         campaign_id: r.get(11),
         created_at: r.get(12),
         updated_at: r.get(13),
+        parent_id: r.get(14),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod opt_outs;
 pub mod provider_events;
 pub mod quotas;
 pub mod rate_slots;
+pub mod recipient_caps;
 pub mod retry;
 pub mod scheduled;
 pub mod webhook_tokens;

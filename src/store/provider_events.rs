@@ -49,12 +49,12 @@ pub struct Report<'a> {
 /// Records `report` as an event of the message it is about, if that message
 /// was sent through `account`, and applies its status move if any. A message
 /// sent through another account is not looked at: false, nothing written,
-/// as for a message not recorded yet. Returns whether the message was found.
+/// as for a message not recorded yet.
 pub async fn apply_provider_event(
     client: &impl GenericClient,
     account: Account,
     report: &Report<'_>,
-) -> Result<bool, StoreError> {
+) -> Result<Applied, StoreError> {
     // The platform's account sends only `platform`-routed messages, which
     // carry no integration; an agent's account only the messages that name
     // its integration.
@@ -71,12 +71,13 @@ pub async fn apply_provider_event(
                SET status = $6, last_error = COALESCE($4, o.last_error), updated_at = now()
               FROM target t
              WHERE o.id = t.id AND $6::text IS NOT NULL AND o.status = ANY($7)
+            RETURNING o.job
         ), event AS (
             INSERT INTO outbound_events
                 (message_id, agent_id, channel, event, provider, provider_message_id, detail)
             SELECT t.id, t.agent_id, t.channel, $3::text, $1::text, $2::text, $5::jsonb FROM target t
         )
-        SELECT EXISTS (SELECT 1 FROM target)";
+        SELECT EXISTS (SELECT 1 FROM target), (SELECT job FROM moved)";
     let to = report.status_move.map(|m| m.to);
     let from: &[&str] = report.status_move.map(|m| m.from).unwrap_or(&[]);
     let row = client
@@ -94,7 +95,19 @@ pub async fn apply_provider_event(
             ],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(Applied {
+        found: row.get(0),
+        moved_job: row.get(1),
+    })
+}
+
+/// What [`apply_provider_event`] did.
+#[derive(Debug)]
+pub struct Applied {
+    /// The message was found (and the event recorded against it).
+    pub found: bool,
+    /// The message's job in wire form, when the report moved its status.
+    pub moved_job: Option<serde_json::Value>,
 }
 
 /// Keeps a report about a message that was never found (after the inbox

@@ -77,6 +77,50 @@ pub async fn park(
     Ok(())
 }
 
+/// Parks the fallback of `parent` (its next channel, `domain::fallback`)
+/// due at `now`, for the scheduler to publish. Returns the detail to record
+/// on the parent (the child's id and channel), or `None` when the job names
+/// no fallback. A parent whose failure is recorded twice (a redelivery, a
+/// webhook seen twice) still has one child: the child's id is derived from
+/// the parent's, and it is not parked again once it is parked or has a
+/// message row.
+pub async fn park_fallback(
+    client: &impl GenericClient,
+    parent: &SendJob,
+    now: DateTime<Utc>,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    let child = match parent.fallback_job() {
+        None => return Ok(None),
+        Some(Ok(child)) => child,
+        // Parsing the parent checked every entry, so only a job parked
+        // before a change to the rules lands here: say so, lose nothing else.
+        Some(Err(reason)) => {
+            tracing::warn!(%reason, "the job's fallback is not a valid job; not sent");
+            return Ok(Some(json!({"error": reason})));
+        }
+    };
+    let parked = client
+        .execute(
+            "INSERT INTO scheduled_jobs (id, agent_id, channel, job, due_at, reason)
+             SELECT $1, $2, $3, $4, $5, 'fallback'
+              WHERE NOT EXISTS (SELECT 1 FROM outbound_messages WHERE id = $1)
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &child.id,
+                &child.agent_id,
+                &child.channel.as_str(),
+                &child.to_wire(),
+                &now,
+            ],
+        )
+        .await?;
+    tracing::info!(fallback_id = %child.id, channel = child.channel.as_str(), parked = parked == 1,
+                   "falling back to the next channel");
+    Ok(Some(
+        json!({"id": child.id, "channel": child.channel.as_str()}),
+    ))
+}
+
 /// A parked job that is due.
 #[derive(Debug, Clone)]
 pub struct DueJob {
@@ -225,7 +269,8 @@ pub async fn cancel_sequence(
 /// ended another way), and a key whose theoretical arrival time is long
 /// past, which `rate_slots::take` treats exactly like a key never seen.
 /// Without this both tables grow with every parked job and every agent
-/// that ever had a limit.
+/// that ever had a limit. The frequency cap's `recipient_sends` rows go
+/// once no week can contain them.
 pub async fn prune_counters(
     client: &impl GenericClient,
     before: DateTime<Utc>,
@@ -237,10 +282,14 @@ pub async fn prune_counters(
             DELETE FROM rate_grants WHERE slot < $1 RETURNING 1
         ), slots AS (
             DELETE FROM rate_slots WHERE tat < $1 RETURNING 1
+        ), recipients AS (
+            -- A week (the longest cap window) before the counters' horizon.
+            DELETE FROM recipient_sends WHERE sent_at < $1 - interval '7 days' RETURNING 1
         )
         SELECT (SELECT count(*) FROM counters)
              + (SELECT count(*) FROM grants)
-             + (SELECT count(*) FROM slots)";
+             + (SELECT count(*) FROM slots)
+             + (SELECT count(*) FROM recipients)";
     let row = client.query_one(SQL, &[&before]).await?;
     Ok(row.get::<_, i64>(0) as u64)
 }

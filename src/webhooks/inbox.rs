@@ -335,9 +335,14 @@ pub async fn apply(client: &mut deadpool_postgres::Client, id: i64) -> Result<Ap
                 error: error.as_deref(),
                 detail: &detail,
             };
-            let found = store::apply_provider_event(&tx, row.account, &report).await?;
+            let applied = store::apply_provider_event(&tx, row.account, &report).await?;
+            if let Some(job) = &applied.moved_job
+                && matches!(report.status_move, Some(m) if m.to == "failed" || m.to == "bounced")
+            {
+                fall_back(&tx, job, &event).await?;
+            }
             let waited = chrono::Utc::now() - row.received_at;
-            if found {
+            if applied.found {
                 store::finish(&tx, id).await?;
                 Applied::Done
             } else if waited.to_std().unwrap_or_default() >= ORPHAN_WINDOW {
@@ -362,6 +367,43 @@ pub async fn apply(client: &mut deadpool_postgres::Client, id: i64) -> Result<Ap
     };
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// A message the provider reports failed or bounced after it was sent (a
+/// hard bounce, an unanswered call, a number without WhatsApp): its job's
+/// fallback, if it names one, is parked for the scheduler in the same
+/// transaction as the status move, so it is parked exactly once
+/// (`domain::fallback`, `worker::fallback`).
+async fn fall_back(
+    tx: &impl deadpool_postgres::GenericClient,
+    job: &Value,
+    event: &str,
+) -> Result<(), StoreError> {
+    let body = serde_json::to_vec(job).expect("a Value serialises");
+    let Ok(parent) = crate::domain::SendJob::parse(&body) else {
+        // Rows of rejected jobs are never sent, so never reported on.
+        return Ok(());
+    };
+    if parent.fallback.is_empty() {
+        return Ok(());
+    }
+    if let Some(mut detail) =
+        crate::store::scheduled::park_fallback(tx, &parent, chrono::Utc::now()).await?
+    {
+        detail["after"] = json!(event);
+        tx.execute(
+            "INSERT INTO outbound_events (message_id, agent_id, channel, event, detail)
+             VALUES ($1, $2, $3, 'fallback', $4)",
+            &[
+                &parent.id,
+                &parent.agent_id,
+                &parent.channel.as_str(),
+                &detail,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// One pass: applies every due inbox row. Returns how many were done with.

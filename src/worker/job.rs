@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::WorkerContext;
 use super::failover;
+use super::limits;
 use super::send::Delivery;
 use crate::domain::{Route, SendJob};
 use crate::policy::{self, AgentPolicy, Hold};
@@ -61,6 +62,9 @@ pub enum Outcome {
     Suppressed,
     /// Recorded `cancelled`: its sequence was cancelled.
     Cancelled,
+    /// Recorded `capped`: over the agent's per-recipient cap, and the job
+    /// said `"cap": "drop"`.
+    Capped,
     /// Parked in `scheduled_jobs` until this time (`scheduled` or `deferred`).
     Deferred { until: DateTime<Utc> },
     /// The database refused the write for a reason retrying cannot fix (a
@@ -170,6 +174,11 @@ async fn process_inner(
         Err(refused) => return Ok(refused),
     };
 
+    let capped = match limits::frequency_cap(ctx, &job, &agent, now, shutdown).await? {
+        Ok(capped) => capped,
+        Err(held) => return Ok(held),
+    };
+
     let allow_platform = claimed
         .agent
         .as_ref()
@@ -184,7 +193,11 @@ async fn process_inner(
         prior_attempts,
         epoch,
     };
-    failover::send_step(ctx, step, route, signals).await
+    let outcome = failover::send_step(ctx, step, route, signals).await?;
+    if capped && matches!(outcome, Outcome::Failed { .. }) {
+        limits::release_cap(ctx, job.id, shutdown).await?;
+    }
+    Ok(outcome)
 }
 
 /// WhatsApp's 24-hour rule, after routing and before any provider call
@@ -487,6 +500,15 @@ pub(super) async fn record_delivery(
                 event: "failed",
                 detail,
             });
+            if error.is_unreachable_on_channel()
+                && let Some(mut next) = super::fallback::schedule(ctx, job, shutdown).await?
+            {
+                next["after"] = json!("failed");
+                delivery.events.push(EventRow {
+                    event: "fallback",
+                    detail: next,
+                });
+            }
             let reason = if delivery.exhausted {
                 format!("retries exhausted after {total_attempts} attempts: {error}")
             } else {
@@ -651,17 +673,17 @@ pub async fn dead_letter_delivered(ctx: &WorkerContext, id: Uuid) {
 /// Records the final status of a job that reached no provider (suppressed,
 /// cancelled, unroutable) with its one event, and counts it under `label`.
 /// The final status of a job that reached no provider, with its one event.
-struct Unsent<'a> {
-    status: &'static str,
-    last_error: Option<&'a str>,
+pub(super) struct Unsent<'a> {
+    pub(super) status: &'static str,
+    pub(super) last_error: Option<&'a str>,
     /// The metrics outcome label.
-    label: &'a str,
-    detail: serde_json::Value,
+    pub(super) label: &'a str,
+    pub(super) detail: serde_json::Value,
     /// Set when the job must also be dead-lettered.
-    dead_letter_reason: Option<&'a str>,
+    pub(super) dead_letter_reason: Option<&'a str>,
 }
 
-async fn record_unsent(
+pub(super) async fn record_unsent(
     ctx: &WorkerContext,
     job: &SendJob,
     unsent: Unsent<'_>,

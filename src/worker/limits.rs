@@ -9,13 +9,14 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::WorkerContext;
-use super::job::{Park, Stop, with_db};
+use super::job::{Outcome, Park, Stop, Unsent, park_job, record_unsent, with_db};
 use super::send::Delivery;
-use crate::domain::{Category, SendJob};
+use crate::domain::{CapMode, Category, SendJob};
 use crate::policy::{self, AgentPolicy};
 use crate::routing::ResolvedRoute;
 use crate::store::quotas::{self, Window};
 use crate::store::rate_slots;
+use crate::store::recipient_caps::{self, Person};
 
 /// Applies the agent's and the account's limits: per-second limits wait in
 /// memory when the wait is short; longer waits and exhausted hour / day
@@ -160,6 +161,71 @@ pub(super) async fn settle_quota(
     let reserved = &reserved;
     with_db(ctx, shutdown, |mut c| async move {
         quotas::release(&mut c, &reserved.quotas, reserved.at).await
+    })
+    .await
+}
+
+/// The agent's per-recipient frequency cap, for marketing jobs: `Ok(true)`
+/// when the job took a place under the cap (given back by
+/// [`release_cap`] if it then fails), `Ok(false)` when no cap applies, and
+/// `Err(outcome)` when the cap held it: parked until the recipient's next
+/// day or week, or recorded `capped` when the job said `"cap": "drop"`.
+pub(super) async fn frequency_cap(
+    ctx: &WorkerContext,
+    job: &SendJob,
+    agent: &AgentPolicy,
+    now: DateTime<Utc>,
+    shutdown: &CancellationToken,
+) -> Result<Result<bool, Outcome>, Stop> {
+    let cap = &agent.frequency_cap;
+    if job.category != Category::Marketing || cap.is_empty() {
+        return Ok(Ok(false));
+    }
+    let (zones, _) = policy::quiet_hours::recipient_zones(job, agent.timezone);
+    let windows = cap.windows(now, &zones);
+    let person = Person {
+        agent_id: &job.agent_id,
+        address: job.recipient.as_str(),
+        contact_id: job.contact_id.as_deref(),
+    };
+    let full = {
+        let (person, windows) = (&person, &windows);
+        with_db(ctx, shutdown, |mut c| async move {
+            recipient_caps::reserve(&mut c, person, job.id, windows, now).await
+        })
+        .await?
+    };
+    let Some(full) = full else {
+        return Ok(Ok(true));
+    };
+    let detail = json!({"reason": "frequency_cap", "window": full.name,
+                        "allowed": full.allowed, "until": full.end});
+    if job.cap == CapMode::Drop {
+        tracing::info!(window = full.name, "over the per-recipient cap; dropped");
+        let unsent = Unsent {
+            status: "capped",
+            last_error: Some("frequency_cap"),
+            label: "capped",
+            detail,
+            dead_letter_reason: None,
+        };
+        record_unsent(ctx, job, unsent, shutdown).await?;
+        return Ok(Err(Outcome::Capped));
+    }
+    let park = Park::deferred(full.end, "frequency_cap", detail);
+    let parked = park_job(ctx, job, None, park, Default::default(), shutdown).await?;
+    Ok(Err(parked))
+}
+
+/// Gives back the place a job took under the frequency cap: it failed, so
+/// the person received nothing.
+pub(super) async fn release_cap(
+    ctx: &WorkerContext,
+    message_id: uuid::Uuid,
+    shutdown: &CancellationToken,
+) -> Result<(), Stop> {
+    with_db(ctx, shutdown, |c| async move {
+        recipient_caps::release(&c, message_id).await
     })
     .await
 }

@@ -8,6 +8,7 @@
 
 pub mod consumer;
 mod failover;
+mod fallback;
 pub mod job;
 mod limits;
 pub mod scheduler;
@@ -136,6 +137,7 @@ pub fn broker_action(outcome: &Outcome) -> BrokerAction {
         | Outcome::Duplicate
         | Outcome::Suppressed
         | Outcome::Cancelled
+        | Outcome::Capped
         | Outcome::Unknown => BrokerAction::Ack,
         Outcome::Deferred { .. } => BrokerAction::Ack,
         Outcome::Failed {

@@ -124,11 +124,7 @@ pub(super) async fn send_with_retries(
         if let Some(key) = &circuit {
             match ctx.circuits.gate(key) {
                 Gate::Blocked(until) => {
-                    delivery.park = Some(Park::deferred(
-                        until,
-                        "circuit_open",
-                        json!({"provider": provider, "integration_id": route.integration_id}),
-                    ));
+                    delivery.park = Some(circuit_open(until, route));
                     return Ok(delivery);
                 }
                 Gate::Pass(call) => ticket = Some(call),
@@ -170,40 +166,35 @@ pub(super) async fn send_with_retries(
         delivery.maybe_sent |= error.maybe_sent;
         let mut detail = error.to_detail();
         detail["attempt"] = json!(prior_attempts + delivery.attempts);
-        // The failure that opened the account's circuit parks the job for
-        // the cool-down like every job after it, whatever its attempts left.
-        if opened_now
-            && let Some(key) = &circuit
-            && let Gate::Blocked(until) = ctx.circuits.gate(key)
-        {
+        // Two failures stop the retries here and park the job instead of
+        // holding a prefetch slot: the one that opened the account's circuit
+        // (the job waits out the cool-down like every job after it, whatever
+        // its attempts left), and a provider asking for a long wait.
+        let opened_park =
+            circuit
+                .as_ref()
+                .filter(|_| opened_now)
+                .and_then(|key| match ctx.circuits.gate(key) {
+                    Gate::Blocked(until) => Some(circuit_open(until, route)),
+                    Gate::Pass(_) => None,
+                });
+        let park = opened_park.or_else(|| {
+            let wait = error.retry_after.filter(|w| *w > s.retry_park_after)?;
+            (delivery.attempts < budget as i32).then(|| {
+                Park::deferred(
+                    ctx.clock.now() + chrono::Duration::from_std(wait).unwrap_or_default(),
+                    "retry_after",
+                    json!({"provider": provider, "retry_after_ms": wait.as_millis() as u64}),
+                )
+            })
+        });
+        if let Some(park) = park {
             delivery.events.push(EventRow {
                 event: "attempt_failed",
                 detail,
             });
             delivery.result = Err(error);
-            delivery.park = Some(Park::deferred(
-                until,
-                "circuit_open",
-                json!({"provider": provider, "integration_id": route.integration_id}),
-            ));
-            return Ok(delivery);
-        }
-        // A provider that asks for a long wait gets it without this job
-        // holding a prefetch slot meanwhile.
-        if let Some(wait) = error.retry_after.filter(|w| *w > s.retry_park_after)
-            && delivery.attempts < budget as i32
-        {
-            let until = ctx.clock.now() + chrono::Duration::from_std(wait).unwrap_or_default();
-            delivery.events.push(EventRow {
-                event: "attempt_failed",
-                detail,
-            });
-            delivery.result = Err(error);
-            delivery.park = Some(Park::deferred(
-                until,
-                "retry_after",
-                json!({"provider": provider, "retry_after_ms": wait.as_millis() as u64}),
-            ));
+            delivery.park = Some(park);
             return Ok(delivery);
         }
         let Some(delay) = backoff.next() else {
@@ -223,6 +214,15 @@ pub(super) async fn send_with_retries(
         });
         sleep_or_shutdown(delay, &signals.stop).await?;
     }
+}
+
+/// Parks a job until the account's circuit lets calls through again.
+fn circuit_open(until: chrono::DateTime<chrono::Utc>, route: &ResolvedRoute) -> Park {
+    Park::deferred(
+        until,
+        "circuit_open",
+        json!({"provider": route.provider.name(), "integration_id": route.integration_id}),
+    )
 }
 
 /// Records a circuit opening or closing as an event of the account (no
