@@ -6,8 +6,9 @@
 #
 # Installs what is missing and nothing else: Postgres and RabbitMQ when
 # nothing answers on their ports (apt, needs root; see ensure-services.sh),
-# the rustfmt and clippy components (rustup), pika in a virtualenv under
-# target/pyenv (PyPI) and amqplib in examples/node_modules (npm).
+# the rustfmt and clippy components (rustup), pika and kubernetes-validate in
+# a virtualenv under target/pyenv (PyPI) and amqplib in examples/node_modules
+# (npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +44,12 @@ if ! target/pyenv/bin/python -c 'import pika' >/dev/null 2>&1; then
   python3 -m venv target/pyenv ||
     die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
   target/pyenv/bin/pip install --quiet --disable-pip-version-check 'pika>=1.3,<2'
+fi
+# tests/deploy.rs validates deploy/kubernetes with it (the Kubernetes schemas
+# ship inside the package: no network at test time) and fails without it.
+if ! target/pyenv/bin/kubernetes-validate --version >/dev/null 2>&1; then
+  log "installing kubernetes-validate into target/pyenv"
+  target/pyenv/bin/pip install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'
 fi
 command -v node >/dev/null 2>&1 || die "node is missing (apt-get install nodejs npm)"
 if ! (cd examples && node -e 'require("amqplib")') >/dev/null 2>&1; then

@@ -130,6 +130,21 @@ pub async fn start(
             }
         });
     }
+    if let Some(addr) = settings.metrics_addr {
+        let metrics = metrics.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = http::serve_metrics(addr, metrics, token.clone()).await {
+                tracing::error!(error = %e, %addr, "metrics listener failed");
+                token.cancel();
+            }
+        });
+    } else if parts.http && !settings.http_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %settings.http_addr,
+            "/metrics is served on the public listener; set SWITCHBOARD_METRICS_ADDR to serve it apart"
+        );
+    }
     while tasks.join_next().await.is_some() {}
     tracing::info!("switchboard stopped");
     Ok(())
@@ -210,10 +225,14 @@ pub enum IntegrationCommand {
     Connect {
         agent: String,
         channel: Channel,
-        provider: String,
+        /// `None`: the provider a credential's shape names.
+        provider: Option<String>,
         settings: serde_json::Value,
         /// 0: primary; 1, 2, …: backups (failover order).
         priority: i32,
+        /// Store the settings only once the provider accepted them in a
+        /// connection test.
+        verify: bool,
     },
     List {
         agent: String,
@@ -250,8 +269,11 @@ pub async fn integrations_command(
             provider,
             settings: values,
             priority,
+            verify,
         } => {
             let keyring = settings.require_keyring()?;
+            let provider =
+                integrations::resolve_provider(&registry, channel, provider.as_deref(), &values)?;
             integrations::check_provider_allowed(&provider, settings.simulate)?;
             let request = integrations::ConnectRequest {
                 agent_id: &agent,
@@ -261,7 +283,14 @@ pub async fn integrations_command(
                 active: true,
                 priority,
             };
-            let id = integrations::connect_with(&pool, keyring, &registry, request).await?;
+            let (id, tested) = if verify {
+                let (id, report) =
+                    integrations::connect_verified(&pool, keyring, &registry, request).await?;
+                (id, Some(report))
+            } else {
+                let id = integrations::connect_with(&pool, keyring, &registry, request).await?;
+                (id, None)
+            };
             let role = if priority == 0 {
                 String::new()
             } else {
@@ -270,6 +299,9 @@ pub async fn integrations_command(
             let mut out = format!(
                 "connected {provider} for {channel} of agent {agent}{role}: integration {id}\n"
             );
+            if let Some(report) = tested {
+                out.push_str(&report.render());
+            }
             if let Some(base) = &settings.public_url {
                 out.push_str(&format!("webhook URL: {base}/webhooks/{provider}/{id}\n"));
             }
@@ -293,6 +325,25 @@ pub async fn integrations_command(
             format!("disconnected the {channel} integration of agent {agent}\n")
         }
     })
+}
+
+/// `switchboard integrations test`: runs the connection test of the
+/// agent's integration in the slot (channel, priority) and stores its
+/// verdict. The report says what to print and the exit status.
+pub async fn test_integration(
+    settings: &Settings,
+    agent: &str,
+    channel: Channel,
+    priority: i32,
+) -> anyhow::Result<integrations::TestReport> {
+    migrate(settings).await?;
+    let pool = store::pool(&settings.database_url, 2)?;
+    let registry = Registry::new(
+        http_client(settings.provider_timeout),
+        &settings.provider_urls,
+    );
+    let keyring = settings.require_keyring()?;
+    Ok(integrations::test(&pool, keyring, &registry, agent, (channel, priority)).await?)
 }
 
 /// What `switchboard opt-outs …` and `switchboard sequences …` were asked to do.
@@ -371,11 +422,7 @@ pub async fn policy_command(settings: &Settings, command: PolicyCommand) -> anyh
             to,
         } => {
             // The address is compared as stored: normalise it for either kind.
-            let to = to.map(|t| {
-                normalise(Channel::Sms, &t)
-                    .or_else(|_| normalise(Channel::Email, &t))
-                    .unwrap_or(t)
-            });
+            let to = to.map(|t| crate::domain::Recipient::normalise_any(&t));
             let n = store::scheduled::cancel_sequence(
                 &mut client,
                 &agent,

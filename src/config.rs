@@ -84,6 +84,40 @@ pub struct PlatformAccounts {
 /// provider. Peak RSS stays under 70 MB.
 pub const DEFAULT_PREFETCH: u16 = 512;
 
+/// `SWITCHBOARD_LOG_FORMAT`: how log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `text` (the default): one human-readable line per event, for a
+    /// terminal or journald.
+    #[default]
+    Text,
+    /// `json`: one JSON object per line, for log shippers; a job's lines
+    /// carry its ids as fields of the `job` span.
+    Json,
+}
+
+impl LogFormat {
+    /// Reads `SWITCHBOARD_LOG_FORMAT` alone: logging starts before the
+    /// other settings are read, so that their errors are logged in it.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        match lookup("SWITCHBOARD_LOG_FORMAT")
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("" | "text") => Ok(LogFormat::Text),
+            Some("json") => Ok(LogFormat::Json),
+            Some(other) => Err(ConfigError::Invalid {
+                name: "SWITCHBOARD_LOG_FORMAT",
+                message: format!("expected text or json, got `{other}`"),
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/switchboard`.
@@ -92,6 +126,16 @@ pub struct Settings {
     pub amqp_url: String,
     /// `SWITCHBOARD_HTTP_ADDR`, default `127.0.0.1:8080`.
     pub http_addr: SocketAddr,
+    /// `SWITCHBOARD_METRICS_ADDR`, default unset. When set, `/metrics` (and
+    /// `/healthz`) are served on a listener of their own at this address,
+    /// by every subcommand that runs (`worker` too), and `/metrics` is no
+    /// longer served on `http_addr`, which may face providers' webhooks.
+    /// Unset, `/metrics` stays on `http_addr`: its default is loopback, so
+    /// nothing is exposed by default, and a second listener with a fixed
+    /// default port would collide when several processes share a host.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `SWITCHBOARD_LOG_FORMAT`, default `text`.
+    pub log_format: LogFormat,
     /// `SWITCHBOARD_ENCRYPTION_KEY`: base64 of 32 bytes. Required by every
     /// command that reads or writes integrations.
     pub keyring: Option<Keyring>,
@@ -191,6 +235,14 @@ impl Settings {
                 name: "SWITCHBOARD_HTTP_ADDR",
                 message: format!("not a socket address: {e}"),
             })?;
+        let metrics_addr = get("SWITCHBOARD_METRICS_ADDR")
+            .map(|a| {
+                a.parse().map_err(|e| ConfigError::Invalid {
+                    name: "SWITCHBOARD_METRICS_ADDR",
+                    message: format!("not a socket address: {e}"),
+                })
+            })
+            .transpose()?;
         // An empty value (an env file's `KEY=` line) is no key, not a bad
         // one: commands that need no key (migrate, enqueue) still run.
         let keyring = match lookup("SWITCHBOARD_ENCRYPTION_KEY") {
@@ -224,6 +276,8 @@ impl Settings {
             amqp_url: get("AMQP_URL")
                 .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             http_addr,
+            metrics_addr,
+            log_format: LogFormat::from_lookup(&lookup)?,
             keyring,
             simulate,
             api_token: secret("SWITCHBOARD_API_TOKEN"),
@@ -381,6 +435,15 @@ mod tests {
         assert!(s.keyring.is_none());
         assert_eq!(s.provider_urls.twilio, "https://api.twilio.com");
         assert_eq!(s.prefetch, 512);
+        assert_eq!(s.metrics_addr, None);
+        assert_eq!(s.log_format, LogFormat::Text);
+        let s = settings(&[
+            ("SWITCHBOARD_LOG_FORMAT", "JSON"),
+            ("SWITCHBOARD_METRICS_ADDR", "0.0.0.0:9184"),
+        ])
+        .unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.metrics_addr.unwrap().port(), 9184);
     }
 
     #[test]
@@ -394,6 +457,13 @@ mod tests {
         );
         let err = settings(&[("SWITCHBOARD_SIMULATE", "maybe")]).unwrap_err();
         assert!(err.to_string().contains("SWITCHBOARD_SIMULATE"), "{err}");
+        let err = settings(&[("SWITCHBOARD_LOG_FORMAT", "xml")]).unwrap_err();
+        assert!(err.to_string().contains("SWITCHBOARD_LOG_FORMAT"), "{err}");
+        let err = settings(&[("SWITCHBOARD_METRICS_ADDR", "9184")]).unwrap_err();
+        assert!(
+            err.to_string().contains("SWITCHBOARD_METRICS_ADDR"),
+            "{err}"
+        );
     }
 
     #[test]

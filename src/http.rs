@@ -1,5 +1,7 @@
 //! The HTTP server: `/metrics`, `/healthz`, `/readyz`, provider webhooks
-//! (`crate::webhooks`) and the `/v1` API (`crate::api`).
+//! (`crate::webhooks`) and the `/v1` API (`crate::api`); and the metrics
+//! listener (`SWITCHBOARD_METRICS_ADDR`, [`serve_metrics`]), which when set
+//! takes `/metrics` off the listener that faces providers.
 //!
 //! Handlers are thin: they read state and call the library. Nothing here
 //! returns a secret; only the authenticated API returns recipients.
@@ -59,6 +61,9 @@ pub struct HttpState {
     /// Amazon SNS signing certificates (cached) and subscription
     /// confirmations, for `/webhooks/ses/…`.
     pub sns: Arc<crate::providers::ses::sns::Sns>,
+    /// Whether `/metrics` is served here: not when the metrics listener
+    /// (`SWITCHBOARD_METRICS_ADDR`) serves it.
+    pub serve_metrics: bool,
 }
 
 impl HttpState {
@@ -76,15 +81,21 @@ impl HttpState {
                 .build()
                 .expect("the SNS client has valid static settings and parsed roots"),
             )),
+            serve_metrics: settings.metrics_addr.is_none(),
             pool,
         }
     }
 }
 
+/// The routes [`serve`] answers. `/metrics` only while `state.serve_metrics`.
 pub fn router(state: HttpState) -> Router {
     let api = crate::api::router(state.api.clone());
-    Router::new()
-        .route("/metrics", get(metrics))
+    let router = if state.serve_metrics {
+        Router::new().route("/metrics", get(metrics))
+    } else {
+        Router::new()
+    };
+    router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route(
@@ -117,13 +128,46 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    exposition(&state.metrics)
+}
+
+fn exposition(metrics: &Metrics) -> impl IntoResponse + use<> {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        metrics.render(),
     )
+}
+
+/// The routes of the metrics listener: `/metrics`, and `/healthz` so that
+/// a process that serves nothing else (`worker`) can be probed.
+pub fn metrics_router(metrics: Metrics) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Metrics>| async move { exposition(&m) }),
+        )
+        .route("/healthz", get(healthz))
+        .with_state(metrics)
+}
+
+/// Serves [`metrics_router`] on `addr` until `shutdown` is cancelled, with
+/// the same connection cap and timeouts as [`serve`].
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    let app = metrics_router(metrics).layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::REQUEST_TIMEOUT,
+        REQUEST_TIMEOUT,
+    ));
+    accept_loop(listener, app, shutdown).await;
+    Ok(())
 }
 
 /// The process is up and serving. Says nothing about dependencies, so an

@@ -2,7 +2,7 @@
 //! voice messages for many agents, each through their own provider account
 //! or the platform's, and records every outcome in Postgres.
 //!
-//! See `../shared/DESIGN.md` for the contract (queues, tables, settings) and
+//! See `docs/DESIGN.md` for the contract (queues, tables, settings) and
 //! `README.md` for running it.
 
 pub mod amqp;
@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod domain;
 pub mod http;
 pub mod integrations;
+pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod policy;

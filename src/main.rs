@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchboard::app::{self, IntegrationCommand, Parts, PolicyCommand};
-use switchboard::config::Settings;
+use switchboard::config::{LogFormat, Settings};
 use switchboard::domain::Channel;
 
 #[derive(Parser)]
@@ -57,6 +57,13 @@ enum Command {
         #[command(subcommand)]
         command: switchboard::cli::tokens::TokensCli,
     },
+    /// An agent's messages by channel and status, cost and quota use (JSON).
+    Usage(switchboard::cli::stats::UsageArgs),
+    /// Campaign statistics per channel (JSON).
+    Campaigns {
+        #[command(subcommand)]
+        command: switchboard::cli::stats::CampaignsCli,
+    },
     /// Cancel campaign sequences.
     Sequences {
         #[command(subcommand)]
@@ -80,7 +87,8 @@ enum OptOutsCli {
     Add {
         #[arg(long, required_unless_present = "platform")]
         agent: Option<String>,
-        #[arg(long)]
+        /// Platform-wide (every agent); not with --agent.
+        #[arg(long, conflicts_with = "agent")]
         platform: bool,
         #[arg(long)]
         channel: Channel,
@@ -98,7 +106,8 @@ enum OptOutsCli {
     Remove {
         #[arg(long, required_unless_present = "platform")]
         agent: Option<String>,
-        #[arg(long)]
+        /// Platform-wide (every agent); not with --agent.
+        #[arg(long, conflicts_with = "agent")]
         platform: bool,
         #[arg(long)]
         channel: Channel,
@@ -166,8 +175,10 @@ enum IntegrationsCli {
         agent: String,
         #[arg(long)]
         channel: Channel,
+        /// Optional when a key's shape names its provider (`SG.` sendgrid,
+        /// `re_` resend, `key-` mailgun, `AC…` account SID twilio).
         #[arg(long)]
-        provider: String,
+        provider: Option<String>,
         /// The provider's settings as a JSON object (docs/DESIGN.md lists the keys).
         #[arg(long)]
         settings: String,
@@ -178,6 +189,22 @@ enum IntegrationsCli {
         /// The same as `--priority 1`.
         #[arg(long)]
         backup: bool,
+        /// Store the settings only if the provider accepts them in a
+        /// connection test (as `integrations test` runs it).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Tests an integration's credentials with the provider's cheapest
+    /// authenticated read and stores the verdict. Exit status: 0 verified,
+    /// 1 refused, 75 could not tell (try again later).
+    Test {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        channel: Channel,
+        /// 0 (the default) is the primary account; 1, 2, … the backups.
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
     },
     /// Lists an agent's integrations with secrets masked.
     List {
@@ -204,20 +231,37 @@ enum IntegrationsCli {
     },
 }
 
+/// A connection test that did not pass: its verdict is printed already, so
+/// only the exit status is left to give.
+#[derive(Debug)]
+struct Verdict(u8);
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the connection test did not pass")
+    }
+}
+
+impl std::error::Error for Verdict {}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=warn,tokio_postgres=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = match LogFormat::from_env() {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    switchboard::logging::init(format);
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Verdict>() => {
+            ExitCode::from(e.downcast_ref::<Verdict>().map_or(1, |v| v.0))
+        }
         Err(e) => {
-            eprintln!("switchboard: {e:#}");
+            switchboard::logging::fatal(format, &e);
             ExitCode::FAILURE
         }
     }
@@ -231,6 +275,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Migrate => app::migrate(&settings).await,
+        Command::Usage(args) => {
+            print!("{}", switchboard::cli::stats::usage(&settings, args).await?);
+            Ok(())
+        }
+        Command::Campaigns { command } => {
+            print!(
+                "{}",
+                switchboard::cli::stats::campaigns(&settings, command).await?
+            );
+            Ok(())
+        }
         Command::Tokens { command } => {
             print!(
                 "{}",
@@ -264,10 +319,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     settings: raw,
                     priority,
                     backup,
+                    verify,
                 } => IntegrationCommand::Connect {
                     agent,
                     channel,
                     provider,
+                    verify,
                     priority: if backup { 1 } else { priority },
                     settings: serde_json::from_str(&raw)
                         .map_err(|e| anyhow::anyhow!("--settings is not valid JSON: {e}"))?,
@@ -281,6 +338,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 IntegrationsCli::Disconnect { agent, channel } => {
                     IntegrationCommand::Disconnect { agent, channel }
+                }
+                IntegrationsCli::Test {
+                    agent,
+                    channel,
+                    priority,
+                } => {
+                    let report =
+                        app::test_integration(&settings, &agent, channel, priority).await?;
+                    print!("{}", report.render());
+                    return match report.exit_code() {
+                        0 => Ok(()),
+                        code => Err(Verdict(code).into()),
+                    };
                 }
             };
             print!("{}", app::integrations_command(&settings, command).await?);

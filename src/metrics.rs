@@ -3,10 +3,15 @@
 //! Labels are few and bounded (channel, provider, route, outcome). An agent
 //! id or a recipient must never become a label: either would make the series
 //! count grow with the customer base.
+//!
+//! Most metrics count what this process did. The gauges of shared state
+//! (parked jobs, open circuits, quota use) are read from Postgres by every
+//! worker ([`crate::worker::gauges`]), so each process reports the same
+//! numbers: aggregate them with `max`, never `sum`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -39,6 +44,19 @@ pub struct Metrics {
     /// Provider webhooks by provider and outcome (`accepted`,
     /// `bad_signature`, `unknown_account`, `unavailable`).
     pub webhooks: IntCounterVec,
+    /// Jobs waiting in `scheduled_jobs`, by why they were parked
+    /// (`send_at`, `quiet_hours`, `quota`, `rate_limit`, `retry_after`,
+    /// `circuit_open`, …: a fixed set in the code). All workers' view.
+    pub jobs_parked: IntGaugeVec,
+    /// Parked jobs that are due but not yet republished, for longer than
+    /// a minute: the scheduler is not keeping up, or not running.
+    pub jobs_parked_overdue: IntGauge,
+    /// Provider accounts whose circuit is open, by provider.
+    pub circuits_open: IntGaugeVec,
+    /// The highest share of an hour or day quota used in the current
+    /// window, by `scope` (`agent`, `account`), channel and window (`hour`,
+    /// `day`); 1 means some agent or account has used all of it.
+    pub quota_use_ratio: GaugeVec,
 }
 
 impl Default for Metrics {
@@ -131,6 +149,35 @@ impl Metrics {
             &["provider", "outcome"],
         )
         .expect("valid metric");
+        let jobs_parked = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_jobs_parked",
+                "Jobs parked in scheduled_jobs until due, by reason (every worker reports the same total)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let jobs_parked_overdue = IntGauge::new(
+            "switchboard_jobs_parked_overdue",
+            "Parked jobs due over a minute ago and not yet republished",
+        )
+        .expect("valid metric");
+        let circuits_open = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_circuits_open",
+                "Provider accounts whose circuit breaker is open, by provider",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let quota_use_ratio = GaugeVec::new(
+            Opts::new(
+                "switchboard_quota_use_ratio",
+                "Highest share of an hour or day quota used in the current window (1 = used up)",
+            ),
+            &["scope", "channel", "window"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(jobs_consumed.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(jobs_in_flight.clone()),
@@ -144,6 +191,10 @@ impl Metrics {
             Box::new(failovers.clone()),
             Box::new(scheduled_published.clone()),
             Box::new(webhooks.clone()),
+            Box::new(jobs_parked.clone()),
+            Box::new(jobs_parked_overdue.clone()),
+            Box::new(circuits_open.clone()),
+            Box::new(quota_use_ratio.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -161,6 +212,10 @@ impl Metrics {
             failovers,
             scheduled_published,
             webhooks,
+            jobs_parked,
+            jobs_parked_overdue,
+            circuits_open,
+            quota_use_ratio,
         }
     }
 

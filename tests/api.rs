@@ -961,3 +961,314 @@ async fn an_address_failing_authentication_too_often_gets_429_with_retry_after()
     assert!(wait >= 1 && wait <= switchboard::api::auth::FAILURE_WINDOW.as_secs());
     api.stop().await;
 }
+
+/// A message row of campaign `spring` with its events, as the worker and
+/// the webhooks leave them.
+async fn seed_message(
+    env: &Env,
+    agent: &str,
+    channel: &str,
+    to: &str,
+    status: &str,
+    events: &[(&str, Value)],
+) -> Uuid {
+    let client = env.db.client().await;
+    let id = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO outbound_messages
+                 (id, agent_id, channel, recipient, category, status, campaign_id, job)
+             VALUES ($1, $2, $3, $4, 'marketing', $5, 'spring', '{}')",
+            &[&id, &agent, &channel, &to, &status],
+        )
+        .await
+        .unwrap();
+    for (event, detail) in events {
+        client
+            .execute(
+                "INSERT INTO outbound_events (message_id, agent_id, channel, event, detail)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&id, &agent, &channel, event, detail],
+            )
+            .await
+            .unwrap();
+    }
+    id
+}
+
+/// `GET /v1/campaigns/{id}/stats` counts each message once per stage, with
+/// the replies the inbox credits to the latest message, the costs providers
+/// reported (per currency), and rates; `GET /v1/agents/{id}/usage` counts
+/// by channel and status and shows quota use; an agent token sees only its
+/// own share.
+#[tokio::test]
+async fn campaign_stats_and_usage_count_each_stage_cost_and_quota() {
+    let env = env_with_token().await;
+    env.db
+        .client()
+        .await
+        .batch_execute("INSERT INTO agents (id) VALUES ('agent-s1'), ('agent-s2')")
+        .await
+        .unwrap();
+    let sent = json!({"provider_response": {"cost": "KES 0.8000"}});
+    seed_message(
+        &env,
+        "agent-s1",
+        "sms",
+        "+254711000001",
+        "delivered",
+        &[
+            ("sent", sent.clone()),
+            ("delivered", json!({})),
+            ("delivered", json!({})),
+        ],
+    )
+    .await;
+    seed_message(
+        &env,
+        "agent-s1",
+        "sms",
+        "+254711000002",
+        "sent",
+        &[("sent", sent.clone())],
+    )
+    .await;
+    seed_message(
+        &env,
+        "agent-s1",
+        "sms",
+        "+254711000003",
+        "failed",
+        &[("failed", json!({}))],
+    )
+    .await;
+    seed_message(
+        &env,
+        "agent-s1",
+        "email",
+        "a@example.com",
+        "delivered",
+        &[
+            ("sent", json!({})),
+            ("delivered", json!({})),
+            ("opened", json!({})),
+            ("opened", json!({})),
+            ("clicked", json!({})),
+        ],
+    )
+    .await;
+    seed_message(
+        &env,
+        "agent-s1",
+        "email",
+        "b@example.com",
+        "bounced",
+        &[("sent", json!({})), ("bounced", json!({}))],
+    )
+    .await;
+    seed_message(
+        &env,
+        "agent-s1",
+        "voice",
+        "+14155550123",
+        "delivered",
+        &[
+            ("sent", json!({})),
+            ("end-of-call-report", json!({"cost": 0.11})),
+        ],
+    )
+    .await;
+    seed_message(
+        &env,
+        "agent-s2",
+        "sms",
+        "+254711000009",
+        "delivered",
+        &[("sent", sent)],
+    )
+    .await;
+    // The first SMS's recipient writes back: the inbox credits the reply to
+    // agent-s1's latest message to them.
+    let pool = store::pool(&env.db.url, 2).unwrap();
+    let reply = switchboard::webhooks::inbox::Delivery {
+        provider: "africastalking",
+        account: store::provider_events::Account::Platform,
+        agent_id: Some("agent-s1"),
+        delivery_id: "ATXid_reply_1",
+        event: switchboard::webhooks::inbox::ProviderEvent::Inbound {
+            channel: switchboard::domain::Channel::Sms,
+            from: switchboard::domain::PhoneNumber::parse("+254711000001").unwrap(),
+            keyword: None,
+        },
+    };
+    switchboard::webhooks::inbox::accept(&pool, reply)
+        .await
+        .unwrap();
+    let client = env.db.client().await;
+    client
+        .batch_execute(
+            r#"UPDATE agents SET limits = '{"sms": {"per_day": 500}}' WHERE id = 'agent-s1'"#,
+        )
+        .await
+        .unwrap();
+    let (today, _) = switchboard::store::quotas::Window::Day.bounds(chrono::Utc::now());
+    client
+        .execute(
+            "INSERT INTO rate_counters (key, span, window_start, count)
+             VALUES ('agent:agent-s1:sms', 'day', $1, 125)",
+            &[&today],
+        )
+        .await
+        .unwrap();
+    let api = Api::start(&env).await;
+
+    let (status, stats) = api
+        .get("/v1/campaigns/spring/stats?agent_id=agent-s1")
+        .await;
+    assert_eq!(status, 200, "{stats}");
+    let sms = &stats["channels"]["sms"];
+    assert_eq!(
+        (
+            sms["messages"].clone(),
+            sms["sent"].clone(),
+            sms["delivered"].clone()
+        ),
+        (json!(3), json!(2), json!(1))
+    );
+    assert_eq!(
+        (sms["replied"].clone(), sms["failed"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(sms["cost"], json!({"KES": "1.6000"}));
+    assert_eq!(sms["rates"]["delivery"], json!(0.5));
+    assert_eq!(sms["rates"]["reply"], json!(1.0));
+    let email = &stats["channels"]["email"];
+    assert_eq!(
+        (
+            email["sent"].clone(),
+            email["delivered"].clone(),
+            email["opened"].clone()
+        ),
+        (json!(2), json!(1), json!(1))
+    );
+    assert_eq!(
+        (email["clicked"].clone(), email["bounced"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(email["rates"]["bounce"], json!(0.5));
+    assert_eq!(stats["channels"]["voice"]["cost"], json!({"USD": "0.11"}));
+    // Both agents together.
+    let (_, all) = api.get("/v1/campaigns/spring/stats").await;
+    assert_eq!(all["channels"]["sms"]["messages"], 4);
+
+    // An agent token sees its own share, and nobody else's.
+    let (_, own) = switchboard::store::api_tokens::create(&client, "agent-s2")
+        .await
+        .unwrap();
+    let (status, mine) = api
+        .call_with(&own, Method::GET, "/v1/campaigns/spring/stats", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(mine["channels"]["sms"]["messages"], 1);
+    assert!(mine["channels"].get("email").is_none());
+    let (status, _) = api
+        .call_with(
+            &own,
+            Method::GET,
+            "/v1/campaigns/spring/stats?agent_id=agent-s1",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, usage) = api.get("/v1/agents/agent-s1/usage").await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["channels"]["sms"]["total"], 3);
+    assert_eq!(usage["channels"]["sms"]["by_status"]["failed"], 1);
+    assert_eq!(usage["channels"]["email"]["by_status"]["bounced"], 1);
+    assert_eq!(usage["cost"], json!({"KES": "1.6000", "USD": "0.11"}));
+    let quota = &usage["quotas"][0];
+    assert_eq!(
+        (
+            quota["scope"].clone(),
+            quota["window"].clone(),
+            quota["used"].clone()
+        ),
+        (json!("agent"), json!("day"), json!(125))
+    );
+    assert_eq!(quota["share_used"], json!(0.25));
+    let (status, empty) = api
+        .get("/v1/agents/agent-s1/usage?from=2020-01-01T00:00:00Z&to=2020-02-01T00:00:00Z")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(empty["channels"], json!({}));
+    let (status, body) = api.get("/v1/agents/agent-s1/usage?from=yesterday").await;
+    assert_eq!((status, error_code(&body)), (400, "bad_request"));
+    let (status, _) = api
+        .call_with(&own, Method::GET, "/v1/agents/agent-s1/usage", None)
+        .await;
+    assert_eq!(status, 404);
+    api.stop().await;
+}
+
+/// `POST /v1/sequences/{id}/cancel` cancels the parked steps now and the
+/// queued ones as they arrive, for one recipient or all; an agent token
+/// cancels only its own agent's sequences.
+#[tokio::test]
+async fn a_sequence_is_cancelled_over_the_api() {
+    let env = env_with_token().await;
+    let api = Api::start(&env).await;
+    let client = env.db.client().await;
+    let step = json!({"id": Uuid::new_v4(), "agent_id": "agent-q", "channel": "sms",
+                      "to": "+14155550123", "text": "Step 2", "sequence_id": "seq-1"});
+    client
+        .execute(
+            "INSERT INTO scheduled_jobs (id, agent_id, channel, job, due_at, reason)
+             VALUES ($1, 'agent-q', 'sms', $2, now() + interval '1 day', 'send_at')",
+            &[&job_id(&step), &step],
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO agents (id) VALUES ('agent-q'), ('agent-other')")
+        .await
+        .unwrap();
+    let (_, other) = switchboard::store::api_tokens::create(&client, "agent-other")
+        .await
+        .unwrap();
+    let body = json!({"agent_id": "agent-q", "to": "+1 (415) 555-0123"});
+    let (status, _) = api
+        .call_with(
+            &other,
+            Method::POST,
+            "/v1/sequences/seq-1/cancel",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, answer) = api
+        .call(Method::POST, "/v1/sequences/seq-1/cancel", Some(body))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["cancelled_parked_steps"], 1);
+    assert_eq!(answer["to"], "+14155550123");
+    let recorded: i64 = client
+        .query_one(
+            "SELECT count(*) FROM sequence_cancellations
+              WHERE agent_id = 'agent-q' AND sequence_id = 'seq-1' AND recipient = '+14155550123'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 1);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/sequences/seq-1/cancel",
+            Some(json!({"to": "x"})),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (422, "invalid"));
+    api.stop().await;
+}

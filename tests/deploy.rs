@@ -19,6 +19,7 @@ use std::time::Duration;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeclareOptions};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use switchboard::domain::SendJob;
 
@@ -733,6 +734,11 @@ fn rendered_families() -> BTreeMap<String, String> {
     m.failovers
         .with_label_values(&["sms", "twilio", "twilio", "circuit_open"])
         .inc();
+    m.jobs_parked.with_label_values(&["send_at"]).set(1);
+    m.circuits_open.with_label_values(&["twilio"]).set(1);
+    m.quota_use_ratio
+        .with_label_values(&["agent", "sms", "day"])
+        .set(0.5);
     families(&m.render())
 }
 
@@ -805,6 +811,111 @@ async fn a_live_serve_exports_only_metrics_that_metrics_rs_defines() {
             "/metrics exports {name}, which src/metrics.rs does not define"
         );
     }
+}
+
+/// GETs `url` until it answers 200 (the process is starting), then
+/// returns the body.
+async fn get_when_up(http: &reqwest::Client, url: &str) -> String {
+    common::wait_until(&format!("{url} to answer"), || async {
+        let r = http.get(url).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// `SWITCHBOARD_METRICS_ADDR` set: `/metrics` (and `/healthz`) on their own
+/// listener and not on `SWITCHBOARD_HTTP_ADDR`, which keeps `/healthz`,
+/// `/readyz` and the rest; and the gauges of shared state read from
+/// Postgres: a job parked until tomorrow, open circuits of the platform's
+/// Twilio account and of an agent's, an agent at 90% of its daily SMS quota
+/// and its account at half its hourly one.
+#[tokio::test]
+async fn the_metrics_listener_serves_metrics_apart_with_the_shared_state_gauges() {
+    let env = common::Env::with_defaults().await;
+    let client = env.db.client().await;
+    client
+        .batch_execute(
+            r#"
+            INSERT INTO scheduled_jobs (id, agent_id, channel, job, due_at, reason)
+            VALUES (gen_random_uuid(), 'agent-g', 'sms', '{}', now() + interval '1 day', 'send_at');
+            INSERT INTO circuit_states (key, open_until)
+            VALUES ('platform:twilio', now() + interval '1 day');
+            INSERT INTO agents (id, limits) VALUES ('agent-g', '{"sms": {"per_day": 10}}');
+            -- Today's and tomorrow's windows: whichever day the worker reads
+            -- in, the agent has used 9 of 10.
+            INSERT INTO rate_counters (key, span, window_start, count)
+            SELECT 'agent:agent-g:sms', 'day', d, 9
+              FROM unnest(ARRAY[date_trunc('day', now(), 'UTC'),
+                                date_trunc('day', now(), 'UTC') + interval '1 day']) AS d;
+            -- An agent's own Twilio account at half its hourly quota, its
+            -- circuit open too.
+            INSERT INTO integrations (id, agent_id, channel, provider, config)
+            VALUES ('00000000-0000-4000-8000-00000000000a', 'agent-g', 'sms', 'twilio',
+                    '{"rate_limit": {"per_hour": 100}}');
+            INSERT INTO rate_counters (key, span, window_start, count)
+            SELECT 'integration:00000000-0000-4000-8000-00000000000a', 'hour', h, 50
+              FROM unnest(ARRAY[date_trunc('hour', now(), 'UTC'),
+                                date_trunc('hour', now(), 'UTC') + interval '1 hour']) AS h;
+            INSERT INTO circuit_states (key, open_until)
+            VALUES ('integration:00000000-0000-4000-8000-00000000000a', now() + interval '1 day');
+            "#,
+        )
+        .await
+        .unwrap();
+    let (http_port, metrics_port) = (free_port(), free_port());
+    // Where the listeners are is what this test is about; neither address
+    // can change what a job does.
+    let _run = Running(
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("run")
+            .env_clear()
+            .envs(&env.vars)
+            .env("SWITCHBOARD_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env(
+                "SWITCHBOARD_METRICS_ADDR",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn switchboard run"),
+    );
+    let http = reqwest::Client::new();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    get_when_up(&http, &format!("http://127.0.0.1:{metrics_port}/healthz")).await;
+    get_when_up(&http, &format!("http://127.0.0.1:{http_port}/healthz")).await;
+    let public = http
+        .get(format!("http://127.0.0.1:{http_port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404, "no /metrics on the public listener");
+
+    let expected = [
+        r#"switchboard_jobs_parked{reason="send_at"} 1"#,
+        "switchboard_jobs_parked_overdue 0",
+        r#"switchboard_circuits_open{provider="twilio"} 2"#,
+        r#"switchboard_quota_use_ratio{channel="sms",scope="agent",window="day"} 0.9"#,
+        r#"switchboard_quota_use_ratio{channel="sms",scope="account",window="hour"} 0.5"#,
+    ];
+    common::wait_for("the shared-state gauges", || async {
+        let body = http
+            .get(&metrics_url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        if expected.iter().all(|line| body.lines().any(|l| l == *line)) {
+            Ok(())
+        } else {
+            Err(body)
+        }
+    })
+    .await;
 }
 
 /// The series a PromQL expression names with one of `prefixes`.
@@ -925,8 +1036,11 @@ fn every_json_and_yaml_deploy_file_parses() {
                 .unwrap_or_else(|e| panic!("{file} is not JSON: {e}"));
             parsed += 1;
         } else if file.ends_with(".yml") || file.ends_with(".yaml") {
-            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
-                .unwrap_or_else(|e| panic!("{file} is not YAML: {e}"));
+            // Kubernetes files may hold several documents.
+            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+                serde_yaml_ng::Value::deserialize(doc)
+                    .unwrap_or_else(|e| panic!("{file} is not YAML: {e}"));
+            }
             parsed += 1;
         }
     }
@@ -1150,5 +1264,354 @@ fn promtool_accepts_the_rules_and_the_prometheus_config() {
         "promtool check config: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// --- Kubernetes ---------------------------------------------------------------------
+
+const KUBERNETES: &str = "deploy/kubernetes";
+/// The Kubernetes release the manifests are validated against: old enough
+/// that most clusters in service run it or newer, and shipped with the
+/// pinned kubernetes-validate (scripts/test.sh).
+const KUBERNETES_VERSION: &str = "1.30.0";
+
+/// `target/pyenv/bin/kubernetes-validate` (scripts/test.sh installs it
+/// there) or one on the PATH. Missing, the test fails: the manifests are
+/// not checked unless it runs.
+fn kubernetes_validate() -> PathBuf {
+    [
+        repo().join("target/pyenv/bin/kubernetes-validate"),
+        "kubernetes-validate".into(),
+    ]
+    .into_iter()
+    .find(|v| runs_ok(Command::new(v).arg("--version")))
+    .unwrap_or_else(|| {
+        panic!(
+            "kubernetes-validate is not installed, so the Kubernetes manifests cannot be \
+             checked: run scripts/test.sh, which installs it into target/pyenv \
+             (or: target/pyenv/bin/pip install kubernetes-validate)"
+        )
+    })
+}
+
+/// Every manifest in deploy/kubernetes, as (file, document).
+fn kubernetes_documents() -> Vec<(String, Value)> {
+    let mut docs = Vec::new();
+    for file in files_under(KUBERNETES) {
+        assert!(file.ends_with(".yaml"), "{file}: manifests end in .yaml");
+        for doc in serde_yaml_ng::Deserializer::from_str(&read(&file)) {
+            let value = serde_yaml_ng::Value::deserialize(doc).unwrap();
+            docs.push((file.clone(), serde_json::to_value(value).unwrap()));
+        }
+    }
+    docs
+}
+
+/// The one document of `kind`.
+fn manifest(docs: &[(String, Value)], kind: &str) -> Value {
+    let found: Vec<&Value> = docs
+        .iter()
+        .filter(|(_, d)| d["kind"] == kind)
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind} in {KUBERNETES}");
+    found[0].clone()
+}
+
+/// Every Kubernetes manifest passes kubernetes-validate's strict check
+/// (unknown fields are errors) against the schemas it ships, offline. KEDA's
+/// kinds are not Kubernetes' own, so it has no schema for them; they are
+/// checked structurally in the next test, and nothing else may lack one.
+#[test]
+fn the_kubernetes_manifests_validate_against_the_kubernetes_schemas() {
+    let validator = kubernetes_validate();
+    let files: Vec<PathBuf> = files_under(KUBERNETES)
+        .iter()
+        .map(|f| repo().join(f))
+        .collect();
+    let out = Command::new(&validator)
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .args(&files)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubernetes-validate: {report}");
+    let docs = kubernetes_documents();
+    for (file, doc) in &docs {
+        let api = doc["apiVersion"].as_str().unwrap();
+        let kind = doc["kind"].as_str().unwrap();
+        let name = doc["metadata"]["name"].as_str().unwrap();
+        if api.starts_with("keda.sh/") {
+            assert!(
+                report.contains(&format!("Couldn't find schema for kind {kind}")),
+                "{report}"
+            );
+            continue;
+        }
+        let passed = format!("passed for resource {}/{name}", kind.to_ascii_lowercase());
+        assert!(
+            report.contains(&passed),
+            "{file}: kubernetes-validate did not check {kind} {name}: {report}"
+        );
+    }
+    for line in report.lines().filter(|l| l.starts_with("WARN")) {
+        assert!(
+            line.contains("api version keda.sh/"),
+            "only KEDA's kinds may lack a schema: {line}"
+        );
+    }
+}
+
+/// The entry of a container's env that sets `name`.
+fn env_value<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("the container sets {name}"))
+}
+
+/// The port of an `ADDR:PORT` setting.
+fn port_of(addr: &Value) -> u64 {
+    let addr: std::net::SocketAddr = addr.as_str().unwrap().parse().unwrap();
+    u64::from(addr.port())
+}
+
+fn container_port(container: &Value, name: &str) -> u64 {
+    container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("the container has a port named {name}"))["containerPort"]
+        .as_u64()
+        .unwrap()
+}
+
+/// What the schemas cannot say: the probes ask for paths switchboard
+/// answers (asked of its router in process, not read from a list), on the
+/// port it listens on; the metrics port is the one `/metrics` is served on,
+/// and the HTTP port does not serve it; the kubelet waits longer than the
+/// default drain; the pod runs as the image's non-root user; the keys come
+/// from the Secret; the migration Job, Service, PodDisruptionBudget and
+/// KEDA's ScaledObject point at the Deployment and the queue it consumes.
+#[tokio::test]
+async fn the_kubernetes_manifests_agree_with_what_switchboard_serves() {
+    use tower::ServiceExt;
+
+    let docs = kubernetes_documents();
+    let deployment = manifest(&docs, "Deployment");
+    let pod = &deployment["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(container["args"], json!(["run"]));
+
+    // Listen addresses and ports.
+    let http_port = port_of(&env_value(container, "SWITCHBOARD_HTTP_ADDR")["value"]);
+    let metrics_port = port_of(&env_value(container, "SWITCHBOARD_METRICS_ADDR")["value"]);
+    assert_eq!(container_port(container, "http"), http_port);
+    assert_eq!(container_port(container, "metrics"), metrics_port);
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/port"],
+        metrics_port.to_string()
+    );
+
+    // The probes: the port named `http`, paths the HTTP router answers.
+    let settings = switchboard::config::Settings::from_lookup(|k| match k {
+        "SWITCHBOARD_METRICS_ADDR" => Some(format!("0.0.0.0:{metrics_port}")),
+        // Never connected to: /readyz may answer 503, just not 404.
+        "DATABASE_URL" => Some("postgres://nobody@127.0.0.1:1/none".into()),
+        _ => None,
+    })
+    .unwrap();
+    let pool = switchboard::store::pool(&settings.database_url, 1).unwrap();
+    let router = switchboard::http::router(switchboard::http::HttpState::new(
+        pool,
+        switchboard::metrics::Metrics::new(),
+        &settings,
+    ));
+    let status = |router: axum::Router, path: String| async move {
+        let request = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        router.oneshot(request).await.unwrap().status().as_u16()
+    };
+    for (probe, path) in [
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+        ("startupProbe", "/healthz"),
+    ] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert_eq!(get["port"], "http", "{probe} asks the HTTP listener");
+        assert_ne!(
+            status(router.clone(), path.to_string()).await,
+            404,
+            "{probe}: switchboard serves {path}"
+        );
+    }
+    assert_eq!(
+        status(router.clone(), "/metrics".into()).await,
+        404,
+        "with SWITCHBOARD_METRICS_ADDR set, the HTTP port does not serve /metrics"
+    );
+    let metrics = switchboard::http::metrics_router(switchboard::metrics::Metrics::new());
+    assert_eq!(status(metrics, "/metrics".into()).await, 200);
+
+    // Shutdown: the kubelet's SIGKILL comes after switchboard's drain.
+    let drain = match container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SWITCHBOARD_SHUTDOWN_GRACE_SECS")
+    {
+        Some(e) => e["value"].as_str().unwrap().parse().unwrap(),
+        None => settings.shutdown_grace.as_secs(),
+    };
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        grace > drain,
+        "terminationGracePeriodSeconds {grace} > SWITCHBOARD_SHUTDOWN_GRACE_SECS {drain}"
+    );
+
+    // Non-root, as the image's user.
+    let containerfile = read("deploy/Containerfile");
+    let image_uid: u64 = containerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .next_back()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let job = manifest(&docs, "Job");
+    let job_pod = &job["spec"]["template"];
+    for (what, spec) in [("Deployment", &pod["spec"]), ("Job", &job_pod["spec"])] {
+        let security = &spec["securityContext"];
+        assert_eq!(security["runAsNonRoot"], true, "{what}");
+        assert_eq!(
+            security["runAsUser"], image_uid,
+            "{what} runs as the image's user"
+        );
+        let c = &spec["containers"][0];
+        assert_eq!(
+            c["securityContext"]["allowPrivilegeEscalation"], false,
+            "{what}"
+        );
+        assert!(c["resources"]["requests"]["memory"].is_string(), "{what}");
+        assert!(c["resources"]["limits"]["memory"].is_string(), "{what}");
+    }
+
+    // Secrets by reference, never inline; every variable is one
+    // switchboard reads.
+    let config = read("src/config.rs");
+    let secret_ref = |c: &Value, name: &str| {
+        let r = &env_value(c, name)["valueFrom"]["secretKeyRef"];
+        assert!(r.is_object(), "{name} comes from a Secret");
+        (
+            r["name"].as_str().unwrap().to_string(),
+            r["key"].as_str().unwrap().to_string(),
+        )
+    };
+    for name in [
+        "DATABASE_URL",
+        "AMQP_URL",
+        "SWITCHBOARD_ENCRYPTION_KEY",
+        "SWITCHBOARD_API_TOKEN",
+    ] {
+        secret_ref(container, name);
+    }
+    let job_container = &job_pod["spec"]["containers"][0];
+    for c in [container, job_container] {
+        for e in c["env"].as_array().unwrap() {
+            let name = e["name"].as_str().unwrap();
+            assert!(
+                name == "RUST_LOG" || config.contains(&format!("\"{name}\"")),
+                "the manifests set {name}, which src/config.rs does not read"
+            );
+        }
+    }
+
+    // The migration Job: the same image, `migrate`, the same database.
+    assert_eq!(job_container["image"], container["image"]);
+    assert_eq!(job_container["args"], json!(["migrate"]));
+    assert_eq!(
+        secret_ref(job_container, "DATABASE_URL"),
+        secret_ref(container, "DATABASE_URL")
+    );
+
+    // Service and PodDisruptionBudget select the Deployment's pods.
+    let labels = &pod["metadata"]["labels"];
+    assert_eq!(&deployment["spec"]["selector"]["matchLabels"], labels);
+    let service = manifest(&docs, "Service");
+    assert_eq!(&service["spec"]["selector"], labels);
+    let service_ports: BTreeMap<String, (u64, String)> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                (
+                    p["port"].as_u64().unwrap(),
+                    p["targetPort"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(service_ports["http"], (http_port, "http".to_string()));
+    assert_eq!(
+        service_ports["metrics"],
+        (metrics_port, "metrics".to_string())
+    );
+    let pdb = manifest(&docs, "PodDisruptionBudget");
+    for (k, v) in pdb["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&labels[k], v, "the PodDisruptionBudget selects the pods");
+    }
+
+    // KEDA scales the Deployment on the depth of the queue it consumes,
+    // with the broker URL from the pods' Secret, and never below two pods
+    // (one could not be drained under the PodDisruptionBudget).
+    let scaled = manifest(&docs, "ScaledObject");
+    let target = &scaled["spec"]["scaleTargetRef"];
+    assert_eq!(target["kind"], "Deployment");
+    assert_eq!(target["name"], deployment["metadata"]["name"]);
+    assert!(scaled["spec"]["minReplicaCount"].as_u64().unwrap() >= 2);
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "rabbitmq");
+    assert_eq!(
+        trigger["metadata"]["queueName"],
+        switchboard::amqp::SEND_QUEUE
+    );
+    assert_eq!(trigger["metadata"]["mode"], "QueueLength");
+    assert!(
+        trigger["metadata"]["value"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok()
+    );
+    let auth = manifest(&docs, "TriggerAuthentication");
+    assert_eq!(
+        trigger["authenticationRef"]["name"],
+        auth["metadata"]["name"]
+    );
+    let host = &auth["spec"]["secretTargetRef"][0];
+    assert_eq!(host["parameter"], "host");
+    assert_eq!(
+        (
+            host["name"].as_str().unwrap().to_string(),
+            host["key"].as_str().unwrap().to_string()
+        ),
+        secret_ref(container, "AMQP_URL")
     );
 }

@@ -558,6 +558,24 @@ async fn opt_outs_from_the_command_line() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("+14155550123"), "stored normalised: {out}");
+    // One agent's or everyone's, never both at once: refused, not half-done.
+    let both = [
+        "opt-outs",
+        "add",
+        "--agent",
+        "agent-o",
+        "--platform",
+        "--channel",
+        "sms",
+        "--address",
+        "+14155550124",
+    ];
+    let (ok, _, err) = run_cli(&both, &env.vars, None);
+    assert!(!ok);
+    assert!(
+        err.contains("--platform") && err.contains("--agent"),
+        "{err}"
+    );
     let (ok, _, err) = run_cli(
         &[
             "opt-outs",
@@ -863,4 +881,41 @@ async fn three_workers_open_a_failing_accounts_circuit_once() {
         .await,
         0
     );
+}
+
+/// `switchboard usage` and `campaigns stats` print the API's figures as
+/// JSON: an SMS sent through the simulation is counted for its agent and
+/// its campaign.
+#[tokio::test]
+async fn usage_and_campaign_stats_from_the_command_line() {
+    let mut env = Env::with_defaults().await;
+    env.set("SWITCHBOARD_SIMULATE", "true");
+    let worker = env.start_worker();
+    let publisher = env.publisher().await;
+    let mut job = sms_job("agent-u", "+14155550123");
+    job["campaign_id"] = "autumn".into();
+    publisher.publish(&job).await;
+    env.wait_for_status(job_id(&job), "sent").await;
+    worker.stop().await;
+
+    let (ok, out, err) = run_cli(&["usage", "--agent", "agent-u"], &env.vars, None);
+    assert!(ok, "{err}");
+    let usage: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(usage["channels"]["sms"]["by_status"]["sent"], 1);
+    let (ok, out, err) = run_cli(
+        &["campaigns", "stats", "--campaign", "autumn"],
+        &env.vars,
+        None,
+    );
+    assert!(ok, "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["channels"]["sms"]["messages"], 1);
+    assert_eq!(stats["channels"]["sms"]["sent"], 1);
+    let (ok, _, err) = run_cli(
+        &["usage", "--agent", "agent-u", "--from", "yesterday"],
+        &env.vars,
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("--from"), "{err}");
 }

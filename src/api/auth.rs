@@ -152,6 +152,8 @@ fn agent_may_route(agent: &str, path: &str) -> bool {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match segments.as_slice() {
         ["messages"] | ["messages", _] => true,
+        // Their handlers narrow these to the token's agent.
+        ["campaigns", _, "stats"] | ["sequences", _, "cancel"] => true,
         ["agents", id, ..] => percent_encoding::percent_decode_str(id)
             .decode_utf8()
             .is_ok_and(|id| id == agent),
@@ -190,7 +192,8 @@ mod tests {
         assert!(!agent_may_route("a1", "/agents/a10"));
         assert!(!agent_may_route("a1", "/agents/%ff"));
         assert!(!agent_may_route("a1", "/integrations/import"));
-        assert!(!agent_may_route("a1", "/campaigns/c1/stats"));
+        assert!(agent_may_route("a1", "/campaigns/c1/stats"));
+        assert!(!agent_may_route("a1", "/campaigns/c1"));
         assert!(agent_may_route("a1", "/messages/x"));
     }
 

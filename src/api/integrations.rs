@@ -2,6 +2,13 @@
 //! accounts. Validation, encryption and masking are
 //! [`crate::integrations`]'s, the same as `switchboard integrations`; this
 //! file maps its answers to HTTP. Responses carry secrets masked only.
+//!
+//! `POST …/{channel}/test` runs the provider's connection test on the
+//! stored integration and answers 200 with the verdict, whatever it is (the
+//! test ran; `verdict` says what it found). `PUT …?verify=true` runs the
+//! same test on the given settings first and stores nothing unless it
+//! passes: 422 when the provider refused them, 502 when it could not be
+//! asked.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -10,14 +17,17 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiJson, ApiState, agent_id, channel_in_path};
+use super::{ApiError, ApiJson, ApiQuery, ApiState, agent_id, channel_in_path};
 use crate::domain::Channel;
 use crate::integrations::{self, ConnectRequest, IntegrationError, IntegrationView};
+use crate::providers::VerdictKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectBody {
-    provider: String,
+    /// Omitted: the provider a credential's shape names (`SG.` SendGrid…).
+    #[serde(default)]
+    provider: Option<String>,
     #[serde(default = "empty_object")]
     settings: Value,
     #[serde(default = "enabled")]
@@ -30,6 +40,20 @@ fn empty_object() -> Value {
 
 fn enabled() -> bool {
     true
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectQuery {
+    /// Store only once the provider accepted the settings.
+    #[serde(default)]
+    verify: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TestQuery {
+    /// The slot to test: 0 (default) the primary, 1, 2, … the backups.
+    #[serde(default)]
+    priority: i32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +95,15 @@ pub(super) fn from_error(e: IntegrationError) -> ApiError {
         // A write without a key, or a stored key this process lacks.
         IntegrationError::Key(e) => ApiError::unavailable(e.to_string()),
         IntegrationError::Store(e) => e.into(),
+        IntegrationError::NotVerified { verdict, .. } => {
+            let (status, code) = match verdict {
+                VerdictKind::Refused => (StatusCode::UNPROCESSABLE_ENTITY, "connection_refused"),
+                _ => (StatusCode::BAD_GATEWAY, "connection_untested"),
+            };
+            ApiError::new(status, code, e.to_string())
+                .with_details(json!({"verdict": verdict.as_str()}))
+        }
+        IntegrationError::ChangedDuringTest { .. } => ApiError::conflict(e.to_string()),
     }
 }
 
@@ -85,36 +118,80 @@ fn shown(state: &ApiState, view: IntegrationView) -> Value {
     v
 }
 
-/// `PUT`: connects or replaces the channel's integration.
+/// `PUT`: connects or replaces the channel's integration; with
+/// `?verify=true`, only once the provider accepted the settings.
 pub async fn connect(
     State(state): State<ApiState>,
     Path((agent, channel)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<ConnectQuery>,
     ApiJson(body): ApiJson<ConnectBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let agent = agent_id(&agent)?;
     let channel = channel_in_path(&channel)?;
     let keyring = state.keyring()?;
-    integrations::check_provider_allowed(&body.provider, state.simulate)
-        .map_err(|e| refused(&state, e, channel, &body.provider))?;
-    integrations::connect_with(
-        &state.pool,
-        keyring,
+    let provider = integrations::resolve_provider(
         &state.registry,
-        ConnectRequest {
-            agent_id: agent,
-            channel,
-            provider: &body.provider,
-            settings: &body.settings,
-            active: body.active,
-            priority: 0,
-        },
+        channel,
+        body.provider.as_deref(),
+        &body.settings,
     )
-    .await
-    .map_err(|e| refused(&state, e, channel, &body.provider))?;
+    .map_err(|e| refused(&state, e, channel, body.provider.as_deref().unwrap_or("")))?;
+    integrations::check_provider_allowed(&provider, state.simulate)
+        .map_err(|e| refused(&state, e, channel, &provider))?;
+    let request = ConnectRequest {
+        agent_id: agent,
+        channel,
+        provider: &provider,
+        settings: &body.settings,
+        active: body.active,
+        priority: 0,
+    };
+    let report = if query.verify {
+        let (_, report) =
+            integrations::connect_verified(&state.pool, keyring, &state.registry, request)
+                .await
+                .map_err(|e| refused(&state, e, channel, &provider))?;
+        Some(report)
+    } else {
+        integrations::connect_with(&state.pool, keyring, &state.registry, request)
+            .await
+            .map_err(|e| refused(&state, e, channel, &provider))?;
+        None
+    };
     let view = integrations::show(&state.pool, keyring, &state.registry, agent, channel)
         .await
         .map_err(from_error)?;
-    Ok(Json(shown(&state, view)))
+    let mut answer = shown(&state, view);
+    if let Some(report) = report {
+        answer["connection_test"] = serde_json::to_value(report).expect("a report serialises");
+    }
+    Ok(Json(answer))
+}
+
+/// `POST …/test`: the connection test of the stored integration, its
+/// verdict stored and returned.
+pub async fn test(
+    State(state): State<ApiState>,
+    Path((agent, channel)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<TestQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let agent = agent_id(&agent)?;
+    let channel = channel_in_path(&channel)?;
+    if query.priority < 0 {
+        return Err(ApiError::bad_request(
+            "priority must be 0 (primary) or more (backup)",
+        ));
+    }
+    let report = integrations::test(
+        &state.pool,
+        state.keyring()?,
+        &state.registry,
+        agent,
+        (channel, query.priority),
+    )
+    .await
+    .map_err(from_error)?;
+    Ok(Json(report))
 }
 
 /// `GET` one, masked.

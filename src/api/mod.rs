@@ -15,6 +15,7 @@ pub mod auth;
 pub mod integrations;
 pub mod messages;
 pub mod opt_outs;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -135,6 +136,16 @@ pub fn router(state: ApiState) -> Router {
                 .get(integrations::show)
                 .patch(integrations::patch)
                 .delete(integrations::disconnect),
+        )
+        .route("/agents/{agent_id}/usage", get(stats::usage))
+        .route("/campaigns/{campaign_id}/stats", get(stats::campaign))
+        .route(
+            "/sequences/{sequence_id}/cancel",
+            post(stats::cancel_sequence),
+        )
+        .route(
+            "/agents/{agent_id}/integrations/{channel}/test",
+            post(integrations::test),
         )
         .route(
             "/agents/{agent_id}/opt-outs",

@@ -149,6 +149,16 @@ impl Recipient {
         }
     }
 
+    /// An address of either kind as stored, when the channel is not known
+    /// (a sequence spans channels): a phone number in E.164, else an email
+    /// address, else as given (it then matches nothing stored).
+    pub fn normalise_any(raw: &str) -> String {
+        PhoneNumber::parse(raw)
+            .map(|p| p.as_str().to_string())
+            .or_else(|_| EmailAddress::parse(raw).map(|e| e.as_str().to_string()))
+            .unwrap_or_else(|_| raw.to_string())
+    }
+
     /// The normalised address, as stored in Postgres and compared for opt-outs.
     pub fn as_str(&self) -> &str {
         match self {

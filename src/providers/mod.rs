@@ -11,9 +11,11 @@
 //! and one line in [`Registry::new`].
 
 pub mod africastalking;
+pub mod connection;
 pub mod email;
 mod error;
 mod http;
+pub mod key_shape;
 pub mod mailgun;
 pub mod meta;
 pub mod postmark;
@@ -34,6 +36,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub use connection::{Verdict, VerdictKind};
 pub use error::{ErrorKind, ProviderError};
 pub use settings::{ProviderSettings, SettingSpec, SplitSettings, mask_secret, split_settings};
 pub use simulation::{NAME as SIMULATION, Simulation};

@@ -2,13 +2,22 @@
 //! with `{"id": "…"}` (`../shared/providers.md` §1, and the official OpenAPI
 //! `resend.json`). Resend deduplicates on `Idempotency-Key` for 24 hours, so
 //! the job id sent there makes a resend after a crash harmless.
+//!
+//! The connection test lists the account's domains (`GET /domains`). A key
+//! with "sending access" only is refused there with `restricted_api_key`:
+//! Resend has read the key and found it valid for sending, which is all
+//! switchboard needs, so that answer verifies it.
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
+use super::connection::refusal;
+use super::email::Mailbox;
 use super::http::{Reply, execute};
 use super::sender::{Sender, sender};
-use super::{Accepted, ErrorKind, Provider, ProviderError, SendRequest, SettingSpec};
+use super::{
+    Accepted, ErrorKind, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec,
+};
 use crate::domain::{Channel, metadata_pairs};
 
 const SETTINGS: &[SettingSpec] = &[
@@ -138,6 +147,64 @@ impl Provider for Resend {
             Err(error(&reply))
         }
     }
+
+    async fn check_connection(
+        &self,
+        _channel: Channel,
+        s: &ProviderSettings,
+    ) -> Result<String, ProviderError> {
+        let api_key = s.require("api_key")?;
+        let reply = execute(
+            self.http
+                .get(format!("{}/domains", self.base_url))
+                .bearer_auth(api_key),
+        )
+        .await?;
+        if reply.is_success() {
+            return Ok(domains_verdict(&reply, s));
+        }
+        let err = error(&reply);
+        if err.code.as_deref() == Some(RESTRICTED_KEY) {
+            return Ok("Resend accepted the key (sending access only)".into());
+        }
+        Err(refusal(err))
+    }
+}
+
+/// Resend's name for a valid key that may only send.
+const RESTRICTED_KEY: &str = "restricted_api_key";
+
+/// `GET /domains`: how many domains, and whether the sender's is verified
+/// (Resend refuses mail from a domain it has not verified).
+fn domains_verdict(reply: &Reply, s: &ProviderSettings) -> String {
+    let json = reply.json().unwrap_or_default();
+    let domains: Vec<&Value> = json
+        .get("data")
+        .and_then(Value::as_array)
+        .map(|d| d.iter().collect())
+        .unwrap_or_default();
+    let sender_domain = Mailbox::from_settings(s).ok().and_then(|m| {
+        m.email
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+    });
+    let mut out = format!("Resend accepted the key ({} domain(s))", domains.len());
+    if let Some(domain) = sender_domain {
+        let status = domains
+            .iter()
+            .find(|d| d.get("name").and_then(Value::as_str) == Some(domain.as_str()))
+            .map(|d| d.get("status").and_then(Value::as_str).unwrap_or("unknown"));
+        match status {
+            Some(status) => out.push_str(&format!("; sender domain {domain} is {status}")),
+            None if json.get("has_more").and_then(Value::as_bool) == Some(true) => out.push_str(
+                &format!("; sender domain {domain} is not on the first page"),
+            ),
+            None => out.push_str(&format!(
+                "; sender domain {domain} is not among them: Resend will refuse its mail"
+            )),
+        }
+    }
+    out
 }
 
 /// Resend's errors: `{"statusCode": 422, "name": "validation_error", "message": "..."}`.

@@ -51,4 +51,13 @@ impl Provider for Simulation {
             detail,
         })
     }
+
+    /// Nothing to reach and no credentials: always connected.
+    async fn check_connection(
+        &self,
+        _channel: Channel,
+        _settings: &super::ProviderSettings,
+    ) -> Result<String, ProviderError> {
+        Ok("the simulation sends nothing and needs no credentials".into())
+    }
 }

@@ -4,11 +4,17 @@
 //! resource whose `sid` is the id (`../shared/providers.md` §6, and the
 //! official OpenAPI `twilio_api_v2010.json`).
 //!
+//! The connection test is FetchAccount, `GET /2010-04-01/Accounts/{Sid}.json`
+//! with the same Basic auth: it answers with the account's `status`, and an
+//! account that is not `active` (suspended, closed) cannot send. Its answer
+//! also carries the account's `auth_token`, which is never read out.
+//!
 //! Messages.json takes no idempotency key, so a resend after a crash between
 //! Twilio's answer and our database write can deliver twice (README).
 
 use async_trait::async_trait;
 
+use super::connection::refusal;
 use super::http::{Reply, execute};
 use super::{
     Accepted, ErrorKind, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec,
@@ -154,6 +160,46 @@ impl Provider for Twilio {
         } else {
             Err(error(&reply))
         }
+    }
+
+    async fn check_connection(
+        &self,
+        _channel: Channel,
+        s: &ProviderSettings,
+    ) -> Result<String, ProviderError> {
+        let account_sid = s.require("account_sid")?;
+        let auth_token = s.require("auth_token")?;
+        let url = format!("{}/2010-04-01/Accounts/{account_sid}.json", self.base_url);
+        let reply = execute(
+            self.http
+                .get(url)
+                .basic_auth(account_sid, Some(auth_token))
+                .header(reqwest::header::ACCEPT, "application/json"),
+        )
+        .await?;
+        if !reply.is_success() {
+            return Err(refusal(error(&reply)));
+        }
+        account_verdict(&reply, account_sid)
+    }
+}
+
+/// FetchAccount's answer: only an `active` account can send.
+fn account_verdict(reply: &Reply, account_sid: &str) -> Result<String, ProviderError> {
+    let json = reply.json().unwrap_or_default();
+    let field = |k: &str| json.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let name = field("friendly_name");
+    match field("status") {
+        "active" => Ok(format!("Twilio account {account_sid} ({name}) is active")),
+        // An unreadable answer to a 200 still proves the credentials.
+        "" => Ok(format!("Twilio accepted the credentials of {account_sid}")),
+        status => Err(ProviderError {
+            code: Some(format!("account_{status}")),
+            ..ProviderError::misconfigured(format!(
+                "the Twilio account {account_sid} is {status}: it cannot send until Twilio \
+                 reactivates it"
+            ))
+        }),
     }
 }
 

@@ -68,3 +68,27 @@ pub async fn open_until(
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
+
+/// Circuits open as of `now`, counted by provider: an agent's account
+/// (`integration:ID`) is named by its integration's provider, the
+/// platform's (`platform:NAME`) by its name; one whose integration was
+/// since deleted counts as `unknown` (a label must never carry an id). For
+/// the `switchboard_circuits_open` gauge.
+pub async fn open_by_provider(
+    client: &impl GenericClient,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT CASE WHEN c.key LIKE 'platform:%' THEN substr(c.key, length('platform:') + 1)
+                         ELSE COALESCE(i.provider, 'unknown') END AS provider,
+                    count(*)
+               FROM circuit_states c
+               LEFT JOIN integrations i ON c.key = 'integration:' || i.id::text
+              WHERE c.open_until > $1
+              GROUP BY 1",
+            &[&now],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

@@ -103,7 +103,7 @@ pub async fn upsert(
                 secrets_key_id = EXCLUDED.secrets_key_id,
                 secrets_ciphertext = EXCLUDED.secrets_ciphertext,
                 active = EXCLUDED.active, verification_status = 'unverified', last_error = NULL,
-                verified_at = NULL, updated_at = now()",
+                verified_at = NULL, last_tested_at = NULL, updated_at = now()",
         &[
             &id,
             &agent_id,
@@ -128,6 +128,106 @@ pub async fn get(
     let sql = format!("SELECT {COLUMNS} FROM integrations WHERE id = $1");
     let row = client.query_opt(&sql, &[&id]).await?;
     Ok(row.as_ref().map(from_row))
+}
+
+/// The one integration in an agent's slot (channel and priority), enabled
+/// or not.
+pub async fn slot(
+    client: &impl GenericClient,
+    agent_id: &str,
+    (channel, priority): (Channel, i32),
+) -> Result<Option<IntegrationRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM integrations WHERE agent_id = $1 AND channel = $2 AND priority = $3"
+    );
+    let row = client
+        .query_opt(&sql, &[&agent_id, &channel.as_str(), &priority])
+        .await?;
+    Ok(row.as_ref().map(from_row))
+}
+
+/// When an integration's credentials were last tried against its provider
+/// and last passed (V16). Read apart from [`IntegrationRow`], whose columns
+/// the job claim reads at fixed positions.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Tested {
+    pub verified_at: Option<DateTime<Utc>>,
+    pub last_tested_at: Option<DateTime<Utc>>,
+}
+
+/// [`list`] with each integration's [`Tested`].
+pub async fn list_tested(
+    client: &impl GenericClient,
+    agent_id: &str,
+) -> Result<Vec<(IntegrationRow, Tested)>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS}, verified_at, last_tested_at FROM integrations WHERE agent_id = $1
+          ORDER BY channel, priority"
+    );
+    let rows = client.query(&sql, &[&agent_id]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let tested = Tested {
+                verified_at: r.get(13),
+                last_tested_at: r.get(14),
+            };
+            (from_row(r), tested)
+        })
+        .collect())
+}
+
+/// What a connection test found, as stored.
+#[derive(Debug, Clone, Copy)]
+pub enum TestRecord<'a> {
+    /// The provider accepted the credentials.
+    Verified,
+    /// The provider refused them: the integration is `failed`, with why.
+    Refused(&'a str),
+    /// The provider could not be asked: the verification status stays what
+    /// it was, and why is kept.
+    Inconclusive(&'a str),
+}
+
+/// Stores a connection test's verdict on the integration `tested`; returns
+/// when it was tested. The row is touched only while it still holds the
+/// provider, config and secrets that were tested: a reconnect while the
+/// test ran must not be marked with the old settings' verdict (`None`).
+/// `updated_at` is left alone: a test changes no setting.
+pub async fn record_test(
+    client: &impl GenericClient,
+    tested: &IntegrationRow,
+    record: TestRecord<'_>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let (status, error): (Option<&str>, Option<&str>) = match record {
+        TestRecord::Verified => (Some("verified"), None),
+        TestRecord::Refused(e) => (Some("failed"), Some(e)),
+        TestRecord::Inconclusive(e) => (None, Some(e)),
+    };
+    let blob = tested.secrets.as_ref().map(|(_, b)| b);
+    let row = client
+        .query_opt(
+            "UPDATE integrations
+                SET verification_status = COALESCE($5, verification_status),
+                    verified_at = CASE $5 WHEN 'verified' THEN now()
+                                          WHEN 'failed' THEN NULL
+                                          ELSE verified_at END,
+                    last_error = $6,
+                    last_tested_at = now()
+              WHERE id = $1 AND provider = $2 AND config = $3
+                AND secrets_ciphertext IS NOT DISTINCT FROM $4
+          RETURNING last_tested_at",
+            &[
+                &tested.id,
+                &tested.provider,
+                &tested.config,
+                &blob,
+                &status,
+                &error,
+            ],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 pub async fn list(

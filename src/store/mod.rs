@@ -19,6 +19,7 @@ pub mod rate_slots;
 pub mod recipient_caps;
 pub mod retry;
 pub mod scheduled;
+pub mod stats;
 pub mod webhook_tokens;
 pub mod whatsapp_windows;
 

@@ -110,6 +110,33 @@ pub struct Applied {
     pub moved_job: Option<serde_json::Value>,
 }
 
+/// Credits a reply to the agent's latest message sent to `address` on
+/// `channel` in the last 30 days, as its event `replied` (campaign stats
+/// count replies per message). A reply to nothing recent is only the
+/// account's `received` event.
+pub async fn credit_reply(
+    client: &impl GenericClient,
+    agent: &str,
+    channel: crate::domain::Channel,
+    address: &str,
+    provider: &str,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO outbound_events (message_id, agent_id, channel, event, provider, detail)
+             SELECT m.id, m.agent_id, m.channel, 'replied', $4, $5
+               FROM outbound_messages m
+              WHERE m.agent_id = $1 AND m.recipient = $2 AND m.channel = $3
+                AND m.status IN ('sent', 'delivered')
+                AND m.created_at > now() - interval '30 days'
+              ORDER BY m.created_at DESC LIMIT 1",
+            &[&agent, &address, &channel.as_str(), &provider, detail],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Keeps a report about a message that was never found (after the inbox
 /// stopped waiting for it), without a message id, as before the inbox.
 pub async fn record_unmatched_event(

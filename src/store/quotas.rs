@@ -89,6 +89,51 @@ pub async fn release(
     Ok(())
 }
 
+/// The highest share of a quota used in the current hour and day windows
+/// as of `now`, by scope (`agent`: an agent's own limits per channel;
+/// `account`: an integration's `rate_limit`), channel and window: for the
+/// `switchboard_quota_use_ratio` gauge. Reads only the current windows'
+/// counters (index `rate_counters_window`, V18), so its cost grows with the
+/// keys used this hour and day, not with history.
+pub async fn highest_use(
+    client: &impl deadpool_postgres::GenericClient,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, String, String, f64)>, StoreError> {
+    // An agent's key is `agent:{agent_id}:{channel}` and an agent id may
+    // itself contain `:`, so the channel is what follows the last one.
+    const SQL: &str = "
+        WITH current AS (
+            SELECT key, span, count FROM rate_counters
+             WHERE window_start IN ($1, $2)
+               AND ((span = 'hour' AND window_start = $1) OR (span = 'day' AND window_start = $2))
+        )
+        SELECT 'agent', l.channel, c.span,
+               max(c.count::float8 / (l.lim ->> ('per_' || c.span))::float8)
+          FROM current c
+          CROSS JOIN LATERAL (SELECT substring(c.key FROM '^agent:(.*):[^:]*$') AS agent_id,
+                                     substring(c.key FROM ':([^:]*)$') AS channel) k
+          JOIN agents a ON a.id = k.agent_id
+          CROSS JOIN LATERAL (SELECT k.channel, a.limits -> k.channel AS lim) l
+         WHERE c.key LIKE 'agent:%'
+           AND jsonb_typeof(l.lim -> ('per_' || c.span)) = 'number'
+         GROUP BY 1, 2, 3
+        UNION ALL
+        SELECT 'account', i.channel, c.span,
+               max(c.count::float8 / (i.config -> 'rate_limit' ->> ('per_' || c.span))::float8)
+          FROM current c
+          JOIN integrations i ON c.key = 'integration:' || i.id::text
+         WHERE c.key LIKE 'integration:%'
+           AND jsonb_typeof(i.config -> 'rate_limit' -> ('per_' || c.span)) = 'number'
+         GROUP BY 1, 2, 3";
+    let (hour, _) = Window::Hour.bounds(now);
+    let (day, _) = Window::Day.bounds(now);
+    let rows = client.query(SQL, &[&hour, &day]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
 /// The share of an account's hour or day quota that only transactional
 /// messages may use (a tenth, at least one unit of any quota above one), so
 /// that a marketing blast never holds back a one-time code.

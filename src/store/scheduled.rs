@@ -215,11 +215,15 @@ pub async fn cancel_steps(
                SET status = 'cancelled', lease_until = NULL, updated_at = now()
              WHERE id IN (SELECT id FROM d) AND status = ANY($6)
             RETURNING id, agent_id, channel
+        ), e AS (
+            INSERT INTO outbound_events (message_id, agent_id, channel, event, detail)
+            SELECT id, agent_id, channel, 'cancelled', $5 FROM m
         )
-        INSERT INTO outbound_events (message_id, agent_id, channel, event, detail)
-        SELECT id, agent_id, channel, 'cancelled', $5 FROM m";
-    Ok(client
-        .execute(
+        -- Every parked step counts, with a message row or not (a channel
+        -- fallback is parked before it has one).
+        SELECT count(*) FROM d";
+    let row = client
+        .query_one(
             SQL,
             &[
                 &filter.agent_id,
@@ -230,7 +234,8 @@ pub async fn cancel_steps(
                 &&CLAIMABLE[..],
             ],
         )
-        .await?)
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
 }
 
 /// Cancels a sequence for one recipient (or all): the parked steps now, and
@@ -292,4 +297,23 @@ pub async fn prune_counters(
              + (SELECT count(*) FROM recipients)";
     let row = client.query_one(SQL, &[&before]).await?;
     Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// How many jobs are parked, by reason, and how many of them were due
+/// before `overdue_before` (the scheduler should have republished them):
+/// for the `switchboard_jobs_parked*` gauges. Reasons are a fixed set in the
+/// code, so the result is small.
+pub async fn counts(
+    client: &impl GenericClient,
+    overdue_before: DateTime<Utc>,
+) -> Result<(Vec<(String, i64)>, i64), StoreError> {
+    let rows = client
+        .query(
+            "SELECT reason, count(*), count(*) FILTER (WHERE due_at < $1)
+               FROM scheduled_jobs GROUP BY reason",
+            &[&overdue_before],
+        )
+        .await?;
+    let overdue = rows.iter().map(|r| r.get::<_, i64>(2)).sum();
+    Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), overdue))
 }

@@ -290,6 +290,9 @@ pub async fn apply(client: &mut deadpool_postgres::Client, id: i64) -> Result<Ap
             let detail = json!({"from": mask(address), "keyword": keyword.map(Keyword::as_str)});
             record_account_event(&tx, agent_id, channel, "received", &row.provider, &detail)
                 .await?;
+            if let Some(agent) = agent_id {
+                store::credit_reply(&tx, agent, channel, address, &row.provider, &detail).await?;
+            }
             store::finish(&tx, id).await?;
             Applied::Done
         }

@@ -30,11 +30,13 @@ use crate::amqp;
 pub async fn run(ctx: Arc<WorkerContext>, shutdown: CancellationToken) {
     let scheduler = tokio::spawn(super::scheduler::run(ctx.clone(), shutdown.clone()));
     let circuits = tokio::spawn(follow_shared_circuits(ctx.clone(), shutdown.clone()));
+    let gauges = tokio::spawn(super::gauges::run(ctx.clone(), shutdown.clone()));
     let dead_letters = Arc::new(amqp::DeadLetters::new(&ctx.settings.amqp_url));
     consume_until_shutdown(&ctx, &dead_letters, &shutdown).await;
     dead_letters.close().await;
     let _ = scheduler.await;
     let _ = circuits.await;
+    let _ = gauges.await;
     // Every job in hand has finished or been abandoned: release the lock, so
     // that redelivered copies of abandoned ones are taken over at once.
     ctx.liveness_stop.cancel();
@@ -203,13 +205,21 @@ async fn handle(
 ) {
     ctx.metrics.jobs_consumed.inc();
     ctx.metrics.jobs_in_flight.inc();
+    // Every line of this job's work carries these fields (in JSON logs,
+    // under `span`). `message_id` is the publisher's AMQP property, known
+    // even when the body cannot be parsed; the others are recorded by
+    // `job::process` once the body is read.
     let span = tracing::info_span!(
         "job",
         job_id = tracing::field::Empty,
         agent_id = tracing::field::Empty,
         channel = tracing::field::Empty,
+        message_id = tracing::field::Empty,
         redelivered = delivery.redelivered,
     );
+    if let Some(id) = delivery.properties.message_id() {
+        span.record("message_id", id.as_str());
+    }
     async {
         let outcome = process(ctx, &delivery.data, signals).await;
         if let Some(ts) = delivery.properties.timestamp() {

@@ -9,6 +9,7 @@
 pub mod consumer;
 mod failover;
 mod fallback;
+pub mod gauges;
 pub mod job;
 mod limits;
 pub mod scheduler;

@@ -10,6 +10,10 @@
 //! `201`. Those are classified here like HTTP errors. The per-recipient
 //! `cost` is kept in the sent event's detail.
 //!
+//! The connection test is the account's user data (`GET /version1/user
+//! ?username=…`, the SDK's `Application.fetch_application_data`) with the
+//! same `apiKey` header and host: it answers with the balance.
+//!
 //! Africa's Talking takes no idempotency key (none in the SDK or the docs),
 //! so [`Provider::deduplicates`] stays false.
 
@@ -18,6 +22,7 @@ pub mod webhook;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use super::connection::refusal;
 use super::http::{Reply, execute};
 use super::{Accepted, ErrorKind, Provider, ProviderError, SendRequest, SettingSpec};
 use crate::domain::Channel;
@@ -57,12 +62,15 @@ impl AfricasTalking {
     /// unless the operator pointed the base URL somewhere else on purpose (a
     /// local mock, a proxy): that choice wins.
     fn endpoint(&self, username: &str) -> String {
-        let base = if username == "sandbox" && self.base_url == LIVE_BASE_URL {
+        format!("{}/version1/messaging", self.base(username))
+    }
+
+    fn base(&self, username: &str) -> &str {
+        if username == "sandbox" && self.base_url == LIVE_BASE_URL {
             SANDBOX_BASE_URL
         } else {
             self.base_url.as_str()
-        };
-        format!("{base}/version1/messaging")
+        }
     }
 }
 
@@ -133,6 +141,37 @@ impl Provider for AfricasTalking {
         } else {
             Err(http_error(&reply))
         }
+    }
+
+    async fn check_connection(
+        &self,
+        _channel: Channel,
+        s: &super::ProviderSettings,
+    ) -> Result<String, ProviderError> {
+        let api_key = s.require("api_key")?;
+        let username = s.require("username")?;
+        let mut url = url::Url::parse(&format!("{}/version1/user", self.base(username)))
+            .map_err(|e| ProviderError::misconfigured(format!("Africa's Talking URL: {e}")))?;
+        url.query_pairs_mut().append_pair("username", username);
+        let reply = execute(
+            self.http
+                .get(url)
+                .header("apiKey", api_key)
+                .header(reqwest::header::ACCEPT, "application/json"),
+        )
+        .await?;
+        if !reply.is_success() {
+            return Err(refusal(http_error(&reply)));
+        }
+        let balance = reply.json().and_then(|j| {
+            j.pointer("/UserData/balance")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        Ok(match balance {
+            Some(b) => format!("Africa's Talking account {username}, balance {b}"),
+            None => format!("Africa's Talking accepted the key of {username}"),
+        })
     }
 }
 
@@ -318,6 +357,9 @@ mod tests {
             live.endpoint("acme"),
             "https://api.africastalking.com/version1/messaging"
         );
+        // The connection test's user-data read goes to the same host.
+        assert_eq!(live.base("sandbox"), SANDBOX_BASE_URL);
+        assert_eq!(live.base("acme"), LIVE_BASE_URL);
         let mock = AfricasTalking::new(reqwest::Client::new(), "http://127.0.0.1:9/");
         assert_eq!(
             mock.endpoint("sandbox"),

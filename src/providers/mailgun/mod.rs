@@ -8,6 +8,12 @@
 //! (`event-data.message.headers.message-id`). The job id and metadata go as
 //! `v:` variables, which come back in every event's `user-variables`.
 //! Mailgun takes no idempotency key: this adapter does not deduplicate.
+//!
+//! The connection test is `GET /v3/domains/{domain}` on the region's host:
+//! it proves the key and that the domain is in that account and region
+//! (a domain in the other region answers 404). A Domain Sending Key may
+//! only send (`/messages`), so it cannot pass this test: connect an
+//! account API key to test it.
 
 pub mod webhook;
 
@@ -15,6 +21,7 @@ use async_trait::async_trait;
 use reqwest::multipart::Form;
 use serde_json::{Value, json};
 
+use super::connection::refusal;
 use super::email::{check_region, regional_base};
 use super::http::{Reply, execute};
 use super::sender::{Sender, sender};
@@ -148,6 +155,43 @@ impl Provider for Mailgun {
         } else {
             Err(error(&reply))
         }
+    }
+
+    async fn check_connection(
+        &self,
+        _channel: Channel,
+        s: &ProviderSettings,
+    ) -> Result<String, ProviderError> {
+        let api_key = s.require("api_key")?;
+        let domain = s.require("domain")?;
+        let url = format!("{}/v3/domains/{domain}", self.base_for(s));
+        let reply = execute(self.http.get(url).basic_auth("api", Some(api_key))).await?;
+        if reply.is_success() {
+            let state = reply
+                .json()
+                .and_then(|j| {
+                    j.pointer("/domain/state")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| "state unknown".into());
+            return Ok(format!("Mailgun domain {domain} ({state})"));
+        }
+        let mut err = refusal(error(&reply));
+        if reply.status == 404 {
+            err.message = format!(
+                "{}: the domain `{domain}` is not in this Mailgun account's {} region",
+                err.message,
+                if s.get("region")
+                    .is_some_and(|r| r.eq_ignore_ascii_case("eu"))
+                {
+                    "EU"
+                } else {
+                    "US"
+                }
+            );
+        }
+        Err(err)
     }
 }
 

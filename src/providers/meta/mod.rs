@@ -16,12 +16,17 @@
 //! [`Provider::deduplicates`] stays false: a timeout after the request was written is `unknown`, not
 //! resent. Graph errors are classified by their `code` (Meta advises keying
 //! on codes, not titles).
+//!
+//! The connection test reads the phone number (`GET /{phone_number_id}`,
+//! Meta's `getPhoneNumberById`) with the access token: it proves the token
+//! and that it may use that number.
 
 pub mod webhook;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
+use super::connection::refusal;
 use super::http::{Reply, execute};
 use super::{Accepted, ErrorKind, Provider, ProviderError, SendRequest, SettingSpec};
 use crate::domain::Channel;
@@ -228,6 +233,32 @@ impl Provider for Meta {
         } else {
             Err(error(&reply))
         }
+    }
+
+    async fn check_connection(
+        &self,
+        _channel: Channel,
+        s: &super::ProviderSettings,
+    ) -> Result<String, ProviderError> {
+        let token = s.require("access_token")?;
+        let id = s.require("phone_number_id")?;
+        let reply = execute(
+            self.http
+                .get(format!("{}/{id}", self.base_url))
+                .bearer_auth(token),
+        )
+        .await?;
+        if !reply.is_success() {
+            return Err(refusal(error(&reply)));
+        }
+        let json = reply.json().unwrap_or_default();
+        let field = |k: &str| json.get(k).and_then(Value::as_str).unwrap_or("?");
+        Ok(format!(
+            "WhatsApp number {} ({}), quality {}",
+            field("display_phone_number"),
+            field("verified_name"),
+            field("quality_rating"),
+        ))
     }
 }
 

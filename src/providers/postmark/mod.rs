@@ -9,15 +9,21 @@
 //! cannot receive and becomes a `provider_rejected` opt-out; 300 (invalid
 //! email request) is permanent; 429 is rate limited. Postmark takes no
 //! idempotency key: this adapter does not deduplicate.
+//!
+//! The connection test is `GET /server` with the same token header: the
+//! server the token belongs to answers with its name.
 
 pub mod webhook;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
+use super::connection::refusal;
 use super::http::{Reply, execute};
 use super::sender::{Sender, sender};
-use super::{Accepted, ErrorKind, Provider, ProviderError, SendRequest, SettingSpec};
+use super::{
+    Accepted, ErrorKind, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec,
+};
 use crate::domain::{Channel, metadata_pairs};
 
 pub const NAME: &str = "postmark";
@@ -142,6 +148,31 @@ impl Provider for Postmark {
         } else {
             Err(error(&reply))
         }
+    }
+
+    async fn check_connection(
+        &self,
+        _channel: Channel,
+        s: &ProviderSettings,
+    ) -> Result<String, ProviderError> {
+        let token = s.require("server_token")?;
+        let reply = execute(
+            self.http
+                .get(format!("{}/server", self.base_url))
+                .header("X-Postmark-Server-Token", token)
+                .header(reqwest::header::ACCEPT, "application/json"),
+        )
+        .await?;
+        if !reply.is_success() {
+            return Err(refusal(error(&reply)));
+        }
+        let name = reply
+            .json()
+            .and_then(|j| j.get("Name").and_then(Value::as_str).map(str::to_string));
+        Ok(match name {
+            Some(name) => format!("Postmark server \"{name}\" accepted the token"),
+            None => "Postmark accepted the server token".into(),
+        })
     }
 }
 

@@ -11,6 +11,10 @@
 //! The job id and the job's metadata travel as the personalization's
 //! `custom_args` (an object there; the spec types the top-level field as a
 //! string), so they come back on every Event Webhook event.
+//!
+//! The connection test is `GET /v3/scopes` (on the integration's regional
+//! host), which any key may call and which lists what the key may do: a key
+//! without `mail.send` is valid and still cannot send, so it is refused.
 
 pub mod webhook;
 
@@ -19,6 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
+use super::connection::refusal;
 use super::email::{check_region, regional_base};
 use super::http::{MAX_RETRY_AFTER, Reply, execute};
 use super::sender::{Sender, sender};
@@ -171,6 +176,48 @@ impl Provider for SendGrid {
         } else {
             Err(error(&reply, chrono::Utc::now().timestamp()))
         }
+    }
+
+    async fn check_connection(
+        &self,
+        _channel: Channel,
+        s: &ProviderSettings,
+    ) -> Result<String, ProviderError> {
+        let api_key = s.require("api_key")?;
+        let url = format!("{}/v3/scopes", self.base_for(s));
+        let reply = execute(self.http.get(url).bearer_auth(api_key)).await?;
+        if !reply.is_success() {
+            return Err(refusal(error(&reply, chrono::Utc::now().timestamp())));
+        }
+        scopes_verdict(&reply)
+    }
+}
+
+/// The scope a key needs to send (SendGrid's API key permissions).
+const SEND_SCOPE: &str = "mail.send";
+
+/// `GET /v3/scopes` answers `{"scopes": [...]}`: the key must hold
+/// `mail.send`.
+fn scopes_verdict(reply: &Reply) -> Result<String, ProviderError> {
+    let scopes: Vec<String> = reply
+        .json()
+        .and_then(|j| j.get("scopes").cloned())
+        .and_then(|s| serde_json::from_value(s).ok())
+        .unwrap_or_default();
+    if scopes.iter().any(|s| s == SEND_SCOPE) {
+        Ok(format!(
+            "SendGrid accepted the key, which may send ({} scopes)",
+            scopes.len()
+        ))
+    } else {
+        Err(ProviderError {
+            code: Some("missing_scope".into()),
+            credentials_refused: true,
+            ..ProviderError::misconfigured(
+                "the SendGrid key is valid but lacks the `mail.send` permission: give it \
+                 Mail Send access (Settings → API Keys) or use another key",
+            )
+        })
     }
 }
 

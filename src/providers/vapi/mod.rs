@@ -11,14 +11,19 @@
 //! (VapiAI/docs, `tests/specs/openapi.json`) declares no idempotency key or
 //! header for `POST /call`, so [`Provider::deduplicates`] stays false: a
 //! timeout after the request was written is `unknown`, never a second call.
+//!
+//! The connection test reads the integration's assistant and phone number
+//! (`GET /assistant/{id}`, `GET /phone-number/{id}`): both must exist in the
+//! key's organisation for a call to be placed.
 
 pub mod webhook;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
+use super::connection::refusal;
 use super::http::{Reply, execute};
-use super::{Accepted, Provider, ProviderError, SendRequest, SettingSpec};
+use super::{Accepted, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec};
 use crate::domain::Channel;
 
 const SETTINGS: &[SettingSpec] = &[
@@ -122,6 +127,59 @@ impl Provider for Vapi {
         } else {
             Err(error(&reply))
         }
+    }
+
+    async fn check_connection(
+        &self,
+        _channel: Channel,
+        s: &ProviderSettings,
+    ) -> Result<String, ProviderError> {
+        let assistant = self
+            .read(s, "assistant", s.require("assistant_id")?)
+            .await?;
+        let number = self
+            .read(s, "phone-number", s.require("phone_number_id")?)
+            .await?;
+        let label = |v: &Value, keys: &[&str]| {
+            keys.iter()
+                .find_map(|k| v.get(*k).and_then(Value::as_str))
+                .unwrap_or("unnamed")
+                .to_string()
+        };
+        Ok(format!(
+            "VAPI assistant \"{}\" and phone number {}",
+            label(&assistant, &["name"]),
+            label(&number, &["number", "name"]),
+        ))
+    }
+}
+
+impl Vapi {
+    /// One `GET /{resource}/{id}` of the connection test; a 404 names what
+    /// is missing.
+    async fn read(
+        &self,
+        s: &ProviderSettings,
+        resource: &str,
+        id: &str,
+    ) -> Result<Value, ProviderError> {
+        let reply = execute(
+            self.http
+                .get(format!("{}/{resource}/{id}", self.base_url))
+                .bearer_auth(s.require("api_key")?),
+        )
+        .await?;
+        if reply.is_success() {
+            return Ok(reply.json().unwrap_or_default());
+        }
+        let mut err = refusal(error(&reply));
+        if reply.status == 404 {
+            err.message = format!(
+                "no {resource} `{id}` in this VAPI organisation: {}",
+                err.message
+            );
+        }
+        Err(err)
     }
 }
 
