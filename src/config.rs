@@ -41,6 +41,11 @@ pub struct ProviderUrls {
     pub whatsapp: String,
     /// `SWITCHBOARD_VAPI_BASE_URL`, default `https://api.vapi.ai`.
     pub vapi: String,
+    /// `SWITCHBOARD_EXTRA_ROOT_CERTS`, default none: the path of a PEM file
+    /// of CA certificates trusted in addition to the system's on the way to
+    /// a provider: an SMTP server behind a private CA, or a TLS-inspecting
+    /// egress proxy in front of Amazon SNS. Read once at start; held as DER.
+    pub extra_root_certs: Vec<Vec<u8>>,
 }
 
 /// The platform's own provider accounts, used when an agent has none.
@@ -403,6 +408,10 @@ impl Settings {
                     "https://graph.facebook.com/v21.0",
                 ),
                 vapi: url("SWITCHBOARD_VAPI_BASE_URL", "https://api.vapi.ai"),
+                extra_root_certs: match get("SWITCHBOARD_EXTRA_ROOT_CERTS") {
+                    None => vec![],
+                    Some(path) => extra_root_certs(&path)?,
+                },
             },
             platform: PlatformAccounts {
                 resend_api_key: secret("RESEND_API_KEY"),
@@ -475,6 +484,32 @@ impl Settings {
     }
 }
 
+/// The certificates of the PEM file at `path`: at least one, each a
+/// parseable X.509 certificate, so that a wrong path or file fails at start
+/// rather than as a TLS error on the first connection.
+fn extra_root_certs(path: &str) -> Result<Vec<Vec<u8>>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        name: "SWITCHBOARD_EXTRA_ROOT_CERTS",
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot read {path}: {e}")))?;
+    let mut certs = vec![];
+    for block in x509_parser::pem::Pem::iter_from_buffer(&pem) {
+        let block = block.map_err(|e| invalid(format!("{path}: not PEM: {e}")))?;
+        if block.label != "CERTIFICATE" {
+            continue;
+        }
+        block
+            .parse_x509()
+            .map_err(|e| invalid(format!("{path}: not an X.509 certificate: {e}")))?;
+        certs.push(block.contents);
+    }
+    if certs.is_empty() {
+        return Err(invalid(format!("{path} holds no CERTIFICATE block")));
+    }
+    Ok(certs)
+}
+
 fn number(name: &'static str, raw: Option<String>, default: u64) -> Result<u64, ConfigError> {
     match raw {
         None => Ok(default),
@@ -536,6 +571,31 @@ mod tests {
             err.to_string().contains("SWITCHBOARD_METRICS_ADDR"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn extra_root_certs_must_be_a_readable_pem_of_certificates() {
+        assert!(
+            settings(&[])
+                .unwrap()
+                .provider_urls
+                .extra_root_certs
+                .is_empty()
+        );
+        let missing = settings(&[("SWITCHBOARD_EXTRA_ROOT_CERTS", "/nonexistent/ca.pem")]);
+        let err = missing.unwrap_err().to_string();
+        assert!(err.starts_with("SWITCHBOARD_EXTRA_ROOT_CERTS"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_cert = dir.path().join("key.pem");
+        std::fs::write(
+            &not_a_cert,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = settings(&[("SWITCHBOARD_EXTRA_ROOT_CERTS", not_a_cert.to_str().unwrap())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no CERTIFICATE"), "{err}");
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct HttpState {
     pub platform: PlatformAccounts,
     /// The `/v1` API (same pool).
     pub api: ApiState,
+    /// Amazon SNS signing certificates (cached) and subscription
+    /// confirmations, for `/webhooks/ses/…`.
+    pub sns: Arc<crate::providers::ses::sns::Sns>,
     /// Whether `/metrics` is served here: not when the metrics listener
     /// (`SWITCHBOARD_METRICS_ADDR`) serves it.
     pub serve_metrics: bool,
@@ -71,6 +74,13 @@ impl HttpState {
             public_url: settings.public_url.clone(),
             platform: settings.platform.clone(),
             api: ApiState::new(pool.clone(), settings),
+            sns: Arc::new(crate::providers::ses::sns::Sns::new(
+                crate::providers::ses::sns::client_builder(
+                    &settings.provider_urls.extra_root_certs,
+                )
+                .build()
+                .expect("the SNS client has valid static settings and parsed roots"),
+            )),
             serve_metrics: settings.metrics_addr.is_none(),
             pool,
         }
@@ -107,6 +117,10 @@ pub fn router(state: HttpState) -> Router {
         .route(
             "/webhooks/postmark/{owner}",
             post(crate::webhooks::postmark::postmark_webhook),
+        )
+        .route(
+            "/webhooks/ses/{owner}",
+            post(crate::webhooks::ses::ses_webhook),
         )
         .merge(crate::webhooks::messaging::routes())
         .with_state(state)

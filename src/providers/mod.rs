@@ -140,7 +140,7 @@ impl Registry {
             Arc::new(mailgun::Mailgun::new(http.clone(), &urls.mailgun)),
             Arc::new(postmark::Postmark::new(http.clone(), &urls.postmark)),
             Arc::new(ses::Ses::new(http.clone(), urls.ses.as_deref())),
-            Arc::new(smtp::Smtp::default()),
+            Arc::new(smtp::Smtp::new(urls.extra_root_certs.clone())),
             Arc::new(africastalking::AfricasTalking::new(
                 http.clone(),
                 &urls.africastalking,

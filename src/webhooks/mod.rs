@@ -8,8 +8,9 @@
 //! [`inbox::ProviderEvent`] and hands it to the inbox, which stores it before
 //! we answer and applies it scoped to the account it came in on.
 //! Built so far: Twilio (status callbacks, STOP / START replies), Resend,
-//! SendGrid, Mailgun and Postmark (delivery, bounces, complaints, opens,
-//! clicks; one file each here, verification and parsing beside the adapter);
+//! SendGrid, Mailgun, Postmark and SES through SNS (delivery, bounces,
+//! complaints, opens, clicks; one file each here, verification and parsing
+//! beside the adapter);
 //! Meta WhatsApp, VAPI and Africa's Talking in [`messaging`]. Secrets are
 //! never logged.
 
@@ -19,6 +20,7 @@ pub mod messaging;
 pub mod postmark;
 pub mod resend;
 pub mod sendgrid;
+pub mod ses;
 pub mod twilio;
 
 use axum::extract::{Path, State};
@@ -89,6 +91,39 @@ async fn account_secret(
             )),
         };
     }
+    let found = integration(state, provider, owner).await?;
+    match found.settings.get(key) {
+        Some(secret) => Ok(Owner {
+            account: Account::Integration(found.id),
+            secret: secret.to_string(),
+            agent_id: Some(found.agent_id),
+        }),
+        None => Err(refuse(
+            state,
+            provider,
+            StatusCode::NOT_FOUND,
+            "unknown_account",
+            &format!("the integration has no `{key}`"),
+        )),
+    }
+}
+
+/// An agent's integration named by a webhook URL, with its settings
+/// decrypted.
+struct FoundIntegration {
+    id: Uuid,
+    agent_id: String,
+    settings: crate::providers::ProviderSettings,
+}
+
+/// Finds the `provider` integration whose id is `owner`. `Err` is the
+/// response to give: 404 for no such integration (of that provider), 503
+/// when the database or the keyring cannot say.
+async fn integration(
+    state: &HttpState,
+    provider: &'static str,
+    owner: &str,
+) -> Result<FoundIntegration, Response> {
     let unknown = || {
         refuse(
             state,
@@ -120,22 +155,13 @@ async fn account_secret(
             ));
         }
     };
-    let agent = row.agent_id.clone();
+    let agent_id = row.agent_id.clone();
     match integrations::activate(state.keyring.as_ref(), Some(row)) {
-        Ok(Some(active)) => match active.settings.get(key) {
-            Some(secret) => Ok(Owner {
-                account: Account::Integration(id),
-                secret: secret.to_string(),
-                agent_id: Some(agent),
-            }),
-            None => Err(refuse(
-                state,
-                provider,
-                StatusCode::NOT_FOUND,
-                "unknown_account",
-                &format!("the integration has no `{key}`"),
-            )),
-        },
+        Ok(Some(active)) => Ok(FoundIntegration {
+            id,
+            agent_id,
+            settings: active.settings,
+        }),
         _ => Err(refuse(
             state,
             provider,

@@ -225,16 +225,32 @@ impl Env {
         CancellationToken,
         tokio::task::JoinHandle<std::io::Result<()>>,
     ) {
+        self.start_http_with(worker, |_| {})
+    }
+
+    /// [`Env::start_http`], with the server's state adjusted first (a test
+    /// that must reach a fixed public host, like Amazon SNS's, gives the
+    /// state a client whose DNS answers with a local server).
+    pub fn start_http_with(
+        &self,
+        worker: &RunningWorker,
+        adjust: impl FnOnce(&mut switchboard::http::HttpState),
+    ) -> (
+        String,
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let state = switchboard::http::HttpState::new(
+        let mut state = switchboard::http::HttpState::new(
             worker.ctx.pool.clone(),
             worker.ctx.metrics.clone(),
             &self.settings(),
         );
+        adjust(&mut state);
         let token = CancellationToken::new();
         let server = tokio::spawn(switchboard::http::serve(
             format!("127.0.0.1:{port}").parse().unwrap(),

@@ -11,19 +11,25 @@
 //! permanent, refused credentials mark the integration unverified. SES takes
 //! no idempotency key: this adapter does not deduplicate.
 //!
+//! Delivery events come back through Amazon SNS ([`sns`] checks the
+//! signature, [`webhook`] reads the SES event); `sns_topic_arn`, when set,
+//! is the only topic whose messages the integration's webhook accepts.
+//!
 //! It must never put the secret key anywhere but the signing call.
 
 mod sign;
+pub mod sns;
+pub mod webhook;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use super::email::Mailbox;
 use super::http::{Reply, execute};
+use super::sender::{Sender, sender};
 use super::{
     Accepted, ErrorKind, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec,
 };
-use crate::domain::{Channel, EmailAddress};
+use crate::domain::Channel;
 
 pub const NAME: &str = "ses";
 
@@ -34,6 +40,7 @@ const SETTINGS: &[SettingSpec] = &[
     SettingSpec::required("from_email"),
     SettingSpec::optional("from_name"),
     SettingSpec::optional("configuration_set"),
+    SettingSpec::optional("sns_topic_arn"),
 ];
 
 /// The tag that carries the job id; SES returns it on every event.
@@ -131,7 +138,9 @@ pub fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
             )
         });
     }
-    let from = Mailbox::from_settings(request.settings)?;
+    // From and Reply-To as every adapter decides them (the agent's own
+    // account, or the platform's address with the agent's branding).
+    let Sender { from, reply_to } = sender(request)?;
     let mut email_body = Map::new();
     if let Some(text) = &job.content.text {
         email_body.insert("Text".into(), charset_data(text));
@@ -145,7 +154,7 @@ pub fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
         "Destination".into(),
         json!({"ToAddresses": [job.recipient.as_str()]}),
     );
-    if let Some(reply_to) = job.content.reply_to.as_ref().map(EmailAddress::as_str) {
+    if let Some(reply_to) = reply_to {
         b.insert("ReplyToAddresses".into(), json!([reply_to]));
     }
     b.insert(

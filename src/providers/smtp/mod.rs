@@ -24,16 +24,17 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use lettre::message::{Mailbox as LettreMailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::email::Mailbox;
+use super::sender::{Sender, sender};
 use super::{
     Accepted, ErrorKind, Provider, ProviderError, ProviderSettings, SendRequest, SettingSpec,
 };
-use crate::domain::{Channel, EmailAddress};
+use crate::domain::Channel;
 
 pub const NAME: &str = "smtp";
 
@@ -83,6 +84,9 @@ impl Security {
 #[derive(Default)]
 pub struct Smtp {
     pools: Mutex<HashMap<[u8; 32], Transport>>,
+    /// CA certificates (DER) trusted besides the system's
+    /// (`SWITCHBOARD_EXTRA_ROOT_CERTS`): servers behind a private CA.
+    extra_roots: Vec<Vec<u8>>,
 }
 
 fn port(s: &ProviderSettings, security: Security) -> Result<u16, ProviderError> {
@@ -96,6 +100,13 @@ fn port(s: &ProviderSettings, security: Security) -> Result<u16, ProviderError> 
 }
 
 impl Smtp {
+    pub fn new(extra_roots: Vec<Vec<u8>>) -> Self {
+        Self {
+            pools: Mutex::default(),
+            extra_roots,
+        }
+    }
+
     fn transport(&self, s: &ProviderSettings) -> Result<Transport, ProviderError> {
         let host = s.require("host")?.trim();
         let security = Security::parse(s)?;
@@ -122,9 +133,16 @@ impl Smtp {
             return Ok(t.clone());
         }
         let tls = || {
-            TlsParameters::new(host.to_string()).map_err(|e| {
+            let misconfigured = |e: lettre::transport::smtp::Error| {
                 ProviderError::misconfigured(format!("SMTP TLS parameters for {host}: {e}"))
-            })
+            };
+            let mut builder = TlsParameters::builder(host.to_string());
+            for der in &self.extra_roots {
+                builder = builder.add_root_certificate(
+                    Certificate::from_der(der.clone()).map_err(misconfigured)?,
+                );
+            }
+            builder.build().map_err(misconfigured)
         };
         let mut builder = Transport::builder_dangerous(host)
             .port(port)
@@ -162,7 +180,9 @@ pub fn message(request: &SendRequest<'_>) -> Result<(Message, String), ProviderE
             ..ProviderError::misconfigured("SMTP has no templates; send subject and text or html")
         });
     }
-    let from = Mailbox::from_settings(request.settings)?;
+    // From and Reply-To as every adapter decides them (the agent's own
+    // account, or the platform's address with the agent's branding).
+    let Sender { from, reply_to } = sender(request)?;
     let id = message_id(job.id, &from);
     let address = |a: &str, what: &str| {
         a.parse()
@@ -179,8 +199,8 @@ pub fn message(request: &SendRequest<'_>) -> Result<(Message, String), ProviderE
             address(job.recipient.as_str(), "recipient")?,
         ))
         .subject(job.content.subject.clone().unwrap_or_default());
-    if let Some(reply_to) = job.content.reply_to.as_ref().map(EmailAddress::as_str) {
-        builder = builder.reply_to(LettreMailbox::new(None, address(reply_to, "Reply-To")?));
+    if let Some(reply_to) = reply_to {
+        builder = builder.reply_to(LettreMailbox::new(None, address(&reply_to, "Reply-To")?));
     }
     let text = job.content.text.clone();
     let html = job.content.html.clone();
@@ -278,7 +298,7 @@ fn error(e: &lettre::transport::smtp::Error) -> ProviderError {
         err.code = Some(code);
         return err;
     }
-    if e.is_tls() {
+    if e.is_tls() || certificate_refused(e) {
         // A certificate the server presents will not change on a retry.
         return ProviderError {
             code: Some("tls".into()),
@@ -296,4 +316,28 @@ fn error(e: &lettre::transport::smtp::Error) -> ProviderError {
     // The session broke (network, timeout, an unreadable reply): possibly
     // after the server took the message.
     ProviderError::ambiguous(message)
+}
+
+/// Whether the TLS handshake refused the server's certificate (an unknown
+/// issuer, another name, expired). lettre reports a handshake that fails
+/// inside the connection as its "Connection" kind, with rustls's error
+/// further down the source chain; only a certificate refusal is picked out
+/// here, as it comes before anything is sent and no retry changes it.
+fn certificate_refused(e: &lettre::transport::smtp::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if matches!(
+            tls,
+            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+        ) {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
