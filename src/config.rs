@@ -325,11 +325,8 @@ impl Settings {
                 .filter(|v| !v.is_empty())
         };
         let secret = |k: &str| get(k).map(SecretString::from);
-        let url = |k: &str, default: &str| {
-            get(k)
-                .unwrap_or_else(|| default.to_string())
-                .trim_end_matches('/')
-                .to_string()
+        let url = |k: &'static str, default: &str| {
+            provider_base_url(k, &get(k).unwrap_or_else(|| default.to_string()))
         };
         let ms = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
             number(name, get(name), default).map(Duration::from_millis)
@@ -390,24 +387,26 @@ impl Settings {
             api_token: secret("SWITCHBOARD_API_TOKEN"),
             public_url,
             provider_urls: ProviderUrls {
-                resend: url("SWITCHBOARD_RESEND_BASE_URL", "https://api.resend.com"),
-                sendgrid: url("SWITCHBOARD_SENDGRID_BASE_URL", "https://api.sendgrid.com"),
-                mailgun: url("SWITCHBOARD_MAILGUN_BASE_URL", "https://api.mailgun.net"),
+                resend: url("SWITCHBOARD_RESEND_BASE_URL", "https://api.resend.com")?,
+                sendgrid: url("SWITCHBOARD_SENDGRID_BASE_URL", "https://api.sendgrid.com")?,
+                mailgun: url("SWITCHBOARD_MAILGUN_BASE_URL", "https://api.mailgun.net")?,
                 postmark: url(
                     "SWITCHBOARD_POSTMARK_BASE_URL",
                     "https://api.postmarkapp.com",
-                ),
-                ses: get("SWITCHBOARD_SES_BASE_URL").map(|u| u.trim_end_matches('/').to_string()),
-                twilio: url("SWITCHBOARD_TWILIO_BASE_URL", "https://api.twilio.com"),
+                )?,
+                ses: get("SWITCHBOARD_SES_BASE_URL")
+                    .map(|u| provider_base_url("SWITCHBOARD_SES_BASE_URL", &u))
+                    .transpose()?,
+                twilio: url("SWITCHBOARD_TWILIO_BASE_URL", "https://api.twilio.com")?,
                 africastalking: url(
                     "SWITCHBOARD_AFRICASTALKING_BASE_URL",
                     "https://api.africastalking.com",
-                ),
+                )?,
                 whatsapp: url(
                     "SWITCHBOARD_WHATSAPP_BASE_URL",
                     "https://graph.facebook.com/v21.0",
-                ),
-                vapi: url("SWITCHBOARD_VAPI_BASE_URL", "https://api.vapi.ai"),
+                )?,
+                vapi: url("SWITCHBOARD_VAPI_BASE_URL", "https://api.vapi.ai")?,
                 extra_root_certs: match get("SWITCHBOARD_EXTRA_ROOT_CERTS") {
                     None => vec![],
                     Some(path) => extra_root_certs(&path)?,
@@ -520,8 +519,54 @@ fn number(name: &'static str, raw: Option<String>, default: u64) -> Result<u64, 
     }
 }
 
+/// A provider's base URL: https, or plain http only to a loopback host (a
+/// local mock), so that a typo or a hostile setting cannot send
+/// credentials over the network in clear text.
+fn provider_base_url(name: &'static str, raw: &str) -> Result<String, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid { name, message };
+    let parsed = url::Url::parse(raw).map_err(|e| invalid(format!("not a URL: {e}")))?;
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        other => {
+            return Err(invalid(format!(
+                "must be an https URL (`{other}` is allowed only for http on a loopback \
+                 address, for a local mock)"
+            )));
+        }
+    }
+    Ok(raw.trim_end_matches('/').to_string())
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn provider_base_urls_are_https_or_a_local_mock() {
+        let ok = |u: &str| provider_base_url("SWITCHBOARD_TWILIO_BASE_URL", u);
+        assert_eq!(
+            ok("https://api.twilio.com/").unwrap(),
+            "https://api.twilio.com"
+        );
+        assert!(ok("http://127.0.0.1:8081").is_ok());
+        assert!(ok("http://[::1]:8081").is_ok());
+        assert!(ok("http://localhost:8081").is_ok());
+        for bad in [
+            "http://api.twilio.com",
+            "http://10.0.0.5",
+            "ftp://127.0.0.1",
+            "api.twilio.com",
+        ] {
+            let e = ok(bad).unwrap_err().to_string();
+            assert!(e.contains("SWITCHBOARD_TWILIO_BASE_URL"), "{bad}: {e}");
+        }
+    }
     use super::*;
     use secrecy::ExposeSecret;
 

@@ -183,6 +183,43 @@ pub fn http_client(timeout: std::time::Duration) -> reqwest::Client {
         .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))
         .pool_max_idle_per_host(256)
         .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        // A provider API answers; it does not send us elsewhere. Following a
+        // redirect would resend the body (with its credentials, for the
+        // providers that take them as form fields) to a host we never chose.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("the HTTP client configuration is static and valid")
+}
+
+#[cfg(test)]
+mod client_tests {
+    use wiremock::matchers::any;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    /// A provider's redirect is an answer, not an instruction: the request
+    /// (and the credentials in it) never goes to the other host.
+    #[tokio::test]
+    async fn the_provider_client_follows_no_redirect() {
+        let elsewhere = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&elsewhere)
+            .await;
+        let provider = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(
+                ResponseTemplate::new(307).insert_header("location", elsewhere.uri().as_str()),
+            )
+            .mount(&provider)
+            .await;
+        let client = super::http_client(std::time::Duration::from_secs(30));
+        let answer = client
+            .post(provider.uri())
+            .form(&[("api_key", "secret")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 307);
+        assert!(elsewhere.received_requests().await.unwrap().is_empty());
+    }
 }
