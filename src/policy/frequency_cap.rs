@@ -39,35 +39,20 @@ impl FrequencyCap {
     /// cap.
     pub fn from_limits(limits: Option<&Value>) -> Self {
         let cap = limits.and_then(|l| l.get("per_recipient"));
-        let get = |k: &str| {
-            cap.and_then(|c| c.get(k))
-                .and_then(Value::as_u64)
-                .and_then(|n| NonZeroU32::new(n.min(u32::MAX as u64) as u32))
-        };
         Self {
-            per_day: get("per_day"),
-            per_week: get("per_week"),
+            per_day: super::count(cap, "per_day"),
+            per_week: super::count(cap, "per_week"),
         }
     }
 
     /// Checks `limits.per_recipient` as a person gave it.
     pub fn check_json(v: &Value) -> Result<(), String> {
-        let obj = v.as_object().ok_or(
-            "limits.per_recipient must be an object like {\"per_day\": 2, \"per_week\": 5}",
-        )?;
-        for (k, n) in obj {
-            if !["per_day", "per_week"].contains(&k.as_str()) {
-                return Err(format!(
-                    "unknown key limits.per_recipient.{k} (per_day, per_week)"
-                ));
-            }
-            if n.as_u64().is_none_or(|n| n == 0 || n > u32::MAX as u64) {
-                return Err(format!(
-                    "limits.per_recipient.{k} must be a positive whole number"
-                ));
-            }
-        }
-        Ok(())
+        super::check_counts(
+            v,
+            "limits.per_recipient",
+            &["per_day", "per_week"],
+            "{\"per_day\": 2, \"per_week\": 5}",
+        )
     }
 
     pub fn is_empty(&self) -> bool {

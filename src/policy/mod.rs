@@ -32,19 +32,45 @@ pub struct RateLimit {
     pub per_day: Option<NonZeroU32>,
 }
 
+/// A count from a limit object as stored (`{"per_day": 500, …}`): a missing
+/// or non-positive value is no limit.
+pub(crate) fn count(limit: Option<&Value>, key: &str) -> Option<NonZeroU32> {
+    limit
+        .and_then(|v| v.get(key))
+        .and_then(Value::as_u64)
+        .and_then(|n| NonZeroU32::new(n.min(u32::MAX as u64) as u32))
+}
+
+/// Checks a limit object as a person gave it, named `path` in messages:
+/// only `keys`, each a positive whole number; `example` shows the shape.
+pub(crate) fn check_counts(
+    v: &Value,
+    path: &str,
+    keys: &[&str],
+    example: &str,
+) -> Result<(), String> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("{path} must be an object like {example}"))?;
+    for (k, n) in obj {
+        if !keys.contains(&k.as_str()) {
+            return Err(format!("unknown key {path}.{k} ({})", keys.join(", ")));
+        }
+        if n.as_u64().is_none_or(|n| n == 0 || n > u32::MAX as u64) {
+            return Err(format!("{path}.{k} must be a positive whole number"));
+        }
+    }
+    Ok(())
+}
+
 impl RateLimit {
     /// Reads `{"per_second": N, "per_hour": N, "per_day": N}`; anything
     /// missing or not a positive number is no limit.
     pub fn from_json(v: Option<&Value>) -> Self {
-        let get = |k: &str| {
-            v.and_then(|v| v.get(k))
-                .and_then(Value::as_u64)
-                .and_then(|n| NonZeroU32::new(n.min(u32::MAX as u64) as u32))
-        };
         Self {
-            per_second: get("per_second"),
-            per_hour: get("per_hour"),
-            per_day: get("per_day"),
+            per_second: count(v, "per_second"),
+            per_hour: count(v, "per_hour"),
+            per_day: count(v, "per_day"),
         }
     }
 
@@ -52,20 +78,12 @@ impl RateLimit {
     /// an object of `per_second`, `per_hour`, `per_day`, each a positive
     /// whole number.
     pub fn check_json(v: &Value, path: &str) -> Result<(), String> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| format!("{path} must be an object like {{\"per_second\": 10}}"))?;
-        for (k, n) in obj {
-            if !["per_second", "per_hour", "per_day"].contains(&k.as_str()) {
-                return Err(format!(
-                    "unknown key {path}.{k} (per_second, per_hour, per_day)"
-                ));
-            }
-            if n.as_u64().is_none_or(|n| n == 0 || n > u32::MAX as u64) {
-                return Err(format!("{path}.{k} must be a positive whole number"));
-            }
-        }
-        Ok(())
+        check_counts(
+            v,
+            path,
+            &["per_second", "per_hour", "per_day"],
+            "{\"per_second\": 10}",
+        )
     }
 
     /// Checks an agent's `limits`: an object keyed by channel, each a limit
