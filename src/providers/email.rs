@@ -5,7 +5,22 @@
 //! It must never let a display name carry CR, LF or an unbalanced quote into
 //! a header: names are cleaned here once, for every provider.
 
-use super::{ProviderError, ProviderSettings};
+use super::{ProviderError, ProviderSettings, SendRequest};
+
+/// Refuses a job that names a provider-side template, for the adapters that
+/// send only subject and text or html: a permanent, misconfigured error that
+/// says so, before any call.
+pub fn refuse_template(request: &SendRequest<'_>, provider: &str) -> Result<(), ProviderError> {
+    if request.job.content.template.is_none() {
+        return Ok(());
+    }
+    Err(ProviderError {
+        code: Some("invalid_template".into()),
+        ..ProviderError::misconfigured(format!(
+            "{provider} templates are not supported yet; send subject and text or html"
+        ))
+    })
+}
 
 /// What one email provider's webhook event means for switchboard: the same
 /// for SendGrid, Mailgun and Postmark once each has parsed its own format.

@@ -59,14 +59,7 @@ impl Postmark {
 
 pub fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
     let job = request.job;
-    if job.content.template.is_some() {
-        return Err(ProviderError {
-            code: Some("invalid_template".into()),
-            ..ProviderError::misconfigured(
-                "Postmark templates are not supported yet; send subject and text or html",
-            )
-        });
-    }
+    super::email::refuse_template(request, "Postmark")?;
     let Sender { from, reply_to } = sender(request)?;
     let mut b = Map::new();
     b.insert("From".into(), from.header().into());

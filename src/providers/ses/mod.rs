@@ -130,14 +130,7 @@ fn charset_data(data: &str) -> Value {
 /// The `SendEmail` body for one job.
 pub fn body(request: &SendRequest<'_>) -> Result<Value, ProviderError> {
     let job = request.job;
-    if job.content.template.is_some() {
-        return Err(ProviderError {
-            code: Some("invalid_template".into()),
-            ..ProviderError::misconfigured(
-                "SES templates are not supported yet; send subject and text or html",
-            )
-        });
-    }
+    super::email::refuse_template(request, "SES")?;
     // From and Reply-To as every adapter decides them (the agent's own
     // account, or the platform's address with the agent's branding).
     let Sender { from, reply_to } = sender(request)?;
