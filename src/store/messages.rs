@@ -496,6 +496,25 @@ pub async fn record_account_event(
     Ok(())
 }
 
+/// Appends one event to a message's history.
+pub async fn record_event(
+    client: &impl GenericClient,
+    message_id: Uuid,
+    agent_id: &str,
+    channel: Channel,
+    event: &str,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO outbound_events (message_id, agent_id, channel, event, detail)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&message_id, &agent_id, &channel.as_str(), &event, detail],
+        )
+        .await?;
+    Ok(())
+}
+
 /// A status change a provider's report causes: to `to`, only from one of
 /// `from`, so a late or repeated report never undoes a later state.
 #[derive(Debug, Clone, Copy)]

@@ -394,15 +394,13 @@ async fn fall_back(
         crate::store::scheduled::park_fallback(tx, &parent, chrono::Utc::now()).await?
     {
         detail["after"] = json!(event);
-        tx.execute(
-            "INSERT INTO outbound_events (message_id, agent_id, channel, event, detail)
-             VALUES ($1, $2, $3, 'fallback', $4)",
-            &[
-                &parent.id,
-                &parent.agent_id,
-                &parent.channel.as_str(),
-                &detail,
-            ],
+        crate::store::messages::record_event(
+            tx,
+            parent.id,
+            &parent.agent_id,
+            parent.channel,
+            "fallback",
+            &detail,
         )
         .await?;
     }
